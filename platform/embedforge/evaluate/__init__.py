@@ -1,0 +1,1 @@
+"""MTEB evaluation with the paper's instructions and Ray-sharded, cached corpus encoding."""

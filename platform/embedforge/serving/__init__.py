@@ -1,0 +1,1 @@
+"""The Ray Serve embedding endpoint (OpenAI-compatible /v1/embeddings)."""

@@ -1,0 +1,1 @@
+"""Contrastive LoRA fine-tuning on Ray Train with DeepSpeed ZeRO-3."""

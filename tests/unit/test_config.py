@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+
+from embedforge.config import EmbedforgeConfig, load_config
+from embedforge.section import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_there_are_shipped_configs():
+    names = {p.name for p in CONFIGS}
+    assert {"tiny.yaml", "paper.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, EmbedforgeConfig)
+    # what the config prints loads back to the same values
+    again = EmbedforgeConfig.model_validate(__import__("yaml").safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_defaults_without_file():
+    cfg = load_config()
+    assert cfg.model.backbone == "smollm2-135m"
+    assert cfg.model.pooling == "last_token"
+    assert cfg.train.temperature == 0.02
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["model.max_length=128", "model.normalize=false", "run.name=abc", "train.temperature=0.05"])
+    assert cfg.model.max_length == 128 and cfg.model.normalize is False
+    assert cfg.run.name == "abc" and cfg.train.temperature == 0.05
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.poolng=mean"])
+    msg = str(e.value)
+    assert "model.poolng" in msg and "pooling" in msg and "max_length" in msg
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["modle.pooling=mean"])
+    assert "modle" in str(e.value) and "model" in str(e.value)
+
+
+def test_bad_pooling_lists_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.pooling=cls"])
+    msg = str(e.value)
+    assert "model.pooling" in msg
+    for allowed in ("last_token", "mean", "weighted_mean"):
+        assert allowed in msg
+
+
+def test_missing_model_path_fails_at_load(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"model.backbone={tmp_path}/no-such-model"])
+    assert "does not exist" in str(e.value) and "model.backbone" in str(e.value)
+
+
+def test_non_positive_temperature_rejected():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.temperature=0"])
+    assert "train.temperature" in str(e.value)
+
+
+def test_bad_yaml_file_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="a.b=c"):
+        load_config(None, ["model.pooling"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(None, ["model.pooling=mean", "model.pooling.x=1"])
