@@ -5,10 +5,13 @@ authentication on (RAY_AUTH_MODE=token, a token generated into a temp file), exa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +20,14 @@ import pytest
 # Tests never reach the Hugging Face hub: every model comes from an installed package or is built in memory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Token auth for every Ray instance the tests start or join. Ray reads these when it is first
+# imported, so they are set here, before any test module imports ray.
+_TOKEN_DIR = Path(tempfile.mkdtemp(prefix="ef-ray-auth-"))
+RAY_TOKEN_PATH = _TOKEN_DIR / "auth_token"
+RAY_TOKEN_PATH.write_text(os.urandom(32).hex())
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(RAY_TOKEN_PATH)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMBEDFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -79,8 +90,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _ray_bin() -> str:
     return str(Path(sys.executable).with_name("ray"))
+
+
+def start_ray_head(tmp: Path, num_cpus: int = 2):
+    """`ray start --head --block` in its own process group, token auth on; returns (proc, info).
+
+    Stopping kills that process group only: `ray stop` would kill every Ray cluster on the machine.
+    """
+    token_path = RAY_TOKEN_PATH
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    env.pop("RAY_ADDRESS", None)
+    # Every port chosen free, so two test sessions on one machine don't collide.
+    gcs_port, dash_port, agent_port = free_port(), free_port(), free_port()
+    extra_ports = [f"--dashboard-agent-listen-port={agent_port}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                   f"--ray-client-server-port={free_port()}"]
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    proc = subprocess.Popen(
+        [_ray_bin(), "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+         "--disable-usage-stats", f"--temp-dir={temp_dir}", *extra_ports],
+        env=env, stdout=open(tmp / "ray_head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start failed: {(tmp / 'ray_head.log').read_text()[-2000:]}")
+        # The Jobs API refuses submissions until the head's dashboard agent is up too.
+        if all(_port_open(p) for p in (dash_port, agent_port)):
+            break
+        time.sleep(0.5)
+    else:
+        stop_ray_head(proc)
+        raise RuntimeError("Ray head did not come up within 120 s")
+    info = {"address": f"127.0.0.1:{gcs_port}", "dashboard": f"http://127.0.0.1:{dash_port}", "env": env,
+            "token_path": str(token_path), "temp_dir": str(temp_dir)}
+    return proc, info
+
+
+def stop_ray_head(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -90,33 +154,14 @@ def ray_cluster(tmp_path_factory):
     Yields a dict with ``address`` (GCS), ``dashboard`` (Jobs API URL) and ``env`` (what a
     `ray job submit` client needs: RAY_AUTH_MODE=token and the token's path).
     """
+    proc, info = start_ray_head(tmp_path_factory.mktemp("ray"))
     import ray
 
-    tmp = tmp_path_factory.mktemp("ray")
-    token_path = tmp / "auth_token"
-    token_path.write_text(os.urandom(32).hex())
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    gcs_port, dash_port = free_port(), free_port()
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    subprocess.run(
-        [_ray_bin(), "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
-         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"],
-        check=True, env=env, capture_output=True, timeout=180,
-    )
-    address = f"127.0.0.1:{gcs_port}"
-    dashboard = f"http://127.0.0.1:{dash_port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", dash_port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    os.environ["RAY_ADDRESS"] = address
-    ray.init(address=address)
+    os.environ["RAY_ADDRESS"] = info["address"]
+    ray.init(address=info["address"])
     try:
-        yield {"address": address, "dashboard": dashboard, "env": env, "token_path": str(token_path)}
+        yield info
     finally:
         ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-        subprocess.run([_ray_bin(), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_head(proc)
