@@ -13,7 +13,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from embedforge.evaluate.config import EvaluateConfig
+from embedforge.generate.config import GenerateConfig
 from embedforge.section import ConfigError, Section
+from embedforge.serving.config import ServeConfig
+from embedforge.train.config import TrainConfig
 
 __all__ = ["ConfigError", "Section", "EmbedforgeConfig", "ModelConfig", "RunConfig", "load_config"]
 
@@ -74,23 +78,6 @@ class ModelConfig(Section):
         if v is not None and not os.path.isdir(os.path.expanduser(v)):
             raise ValueError(f"adapter directory {v!r} does not exist")
         return v
-
-
-def _stage_sections() -> dict[str, Any]:
-    from embedforge.evaluate.config import EvaluateConfig
-    from embedforge.generate.config import GenerateConfig
-    from embedforge.serving.config import ServeConfig
-    from embedforge.train.config import TrainConfig
-
-    return {
-        "generate": GenerateConfig,
-        "train": TrainConfig,
-        "evaluate": EvaluateConfig,
-        "serve": ServeConfig,
-    }
-
-
-_sections = _stage_sections()
 
 
 class EmbedforgeConfig(Section):
