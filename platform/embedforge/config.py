@@ -83,10 +83,10 @@ class ModelConfig(Section):
 class EmbedforgeConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    generate: _sections[generate] = Field(default_factory=_sections["generate"])  # type: ignore[valid-type]
-    train: _sections[train] = Field(default_factory=_sections["train"])  # type: ignore[valid-type]
-    evaluate: _sections[evaluate] = Field(default_factory=_sections["evaluate"])  # type: ignore[valid-type]
-    serve: _sections[serve] = Field(default_factory=_sections["serve"])  # type: ignore[valid-type]
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
