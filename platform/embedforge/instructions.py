@@ -1,0 +1,46 @@
+"""The paper's per-task instructions (Table 15), looked up by MTEB task name.
+
+Shared by evaluation (mteb wrapper) and serving (a request may name a task instead of an instruction).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+# Task types whose documents are encoded without an instruction (asymmetric tasks).
+ASYMMETRIC_TYPES = ("Retrieval", "Reranking")
+
+
+@lru_cache(maxsize=1)
+def instruction_table() -> dict[str, dict[str, str]]:
+    """{task_type: {task_name: instruction}}; a task type may hold "*" for all its tasks."""
+    text = resources.files("embedforge").joinpath("resources/instructions.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def task_type_of(task_name: str) -> str | None:
+    for task_type, tasks in instruction_table().items():
+        if task_name in tasks:
+            return task_type
+    return None
+
+
+def instruction_for(task_name: str, task_type: str | None = None, overrides: dict[str, str] | None = None) -> str:
+    """The instruction for a task; ``overrides`` (from config) win; an unknown task is an error."""
+    if overrides and task_name in overrides:
+        return overrides[task_name]
+    table = instruction_table()
+    for tasks in table.values():
+        if task_name in tasks:
+            return tasks[task_name]
+    if task_type is not None and "*" in table.get(task_type, {}):
+        return table[task_type]["*"]
+    if task_name.startswith("STS") or task_name.endswith("STS") or "STS" in task_name:
+        return table["STS"]["*"]
+    known = sorted(name for tasks in table.values() for name in tasks if name != "*")
+    raise KeyError(
+        f"no instruction known for task {task_name!r}; give one in config, or use one of: {', '.join(known)}"
+    )
