@@ -1,7 +1,97 @@
+"""MTEB evaluation with the paper's instructions and Ray-sharded, cached corpus encoding."""
 from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from embedforge.section import Section
 
+LOCAL_TASK_KINDS = ("beir", "sts", "classification")
+
+
+class LocalTaskConfig(Section):
+    """A task read from a local folder (offline) instead of the Hugging Face hub.
+
+    ``beir``: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+    ``sts``: ``<split>.tsv`` with ``sentence1 sentence2 score``.
+    ``classification``: ``train.tsv`` and ``<split>.tsv`` with ``text label``.
+    A ``name`` that is an MTEB task of the same type (e.g. STSBenchmark, Banking77Classification,
+    SciFact) keeps that task's metadata and evaluation settings, so scores compare with MTEB's.
+    """
+
+    kind: Literal["beir", "sts", "classification"]
+    path: str
+    name: str
+    split: str = "test"
+    # STS only: the score range in the file (STSB: 0..5).
+    min_score: float = 0.0
+    max_score: float = 5.0
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str) -> str:
+        if not os.path.isdir(os.path.expanduser(v)):
+            raise ValueError(f"task folder {v!r} does not exist")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("task name must not be empty")
+        return v
+
+
+class BaselineConfig(Section):
+    """A model to compare against: encoded through the same harness, and/or published scores."""
+
+    # A backbone spec (alias, directory, hub id); None = published scores only.
+    model: str | None = None
+    # Sentence-transformers baselines are evaluated as published: without instructions.
+    instructions: bool = False
+    published: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something(self) -> BaselineConfig:
+        if self.model is None and not self.published:
+            raise ValueError("a baseline needs a model, published scores, or both")
+        return self
+
 
 class EvaluateConfig(Section):
-    """Filled by the evaluation stage."""
+    # MTEB task names (loaded from the hub) ...
+    tasks: list[str] = Field(default_factory=list)
+    # ... and local folder tasks (offline).
+    local_tasks: list[LocalTaskConfig] = Field(default_factory=list)
+    # {task name: instruction}; wins over the paper's table (resources/instructions.yaml).
+    instructions: dict[str, str] = Field(default_factory=dict)
+    # Whether the evaluated model gets instructions at all (False: plain texts on both sides).
+    use_instructions: bool = True
+    baselines: dict[str, BaselineConfig] = Field(default_factory=dict)
+    # Text lists at least this long (and every retrieval corpus) are encoded by Ray Data actors.
+    shard_threshold: int = Field(2048, ge=1)
+    shard_retrieval_corpus: bool = True
+    # Ray actors, one model replica each; cpus_per_actor None = the cluster's CPUs / num_actors.
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float | None = Field(None, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    # Rows per Ray Data batch (each batch is length-sorted and then token-budgeted by the encoder).
+    ray_batch_size: int = Field(256, ge=1)
+    # sentence-transformers batch size (baselines).
+    batch_size: int = Field(64, ge=1)
+    # None: <run.output_dir>/<run.name>/embedding_cache; "" turns the cache off.
+    cache_dir: str | None = None
+    # None: <run.output_dir>/<run.name>/evaluate
+    output_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvaluateConfig:
+        names = list(self.tasks) + [t.name for t in self.local_tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(dupes)}")
+        if any(not n.strip() for n in self.tasks):
+            raise ValueError("tasks: a task name must not be empty")
+        return self

@@ -1,0 +1,133 @@
+"""An mteb 2.x encoder (``EncoderProtocol``) over embedforge's backends, with the paper's instructions,
+an on-disk embedding cache and Ray-sharded encoding of the large side.
+
+mteb hands ``encode`` a DataLoader plus the task's metadata and ``prompt_type`` (query/document).
+Instructions: retrieval/reranking queries get ``Instruct: …\\nQuery: ``, their documents none;
+symmetric tasks (STS, pair classification, clustering, classification) instruct both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from mteb.models.abs_encoder import AbsEncoder
+
+from embedforge.evaluate.backends import ModelSpec, load_backend
+from embedforge.evaluate.cache import EmbeddingCache, namespace_key, text_hash
+from embedforge.instructions import ASYMMETRIC_TYPES, instruction_for
+
+
+@dataclass
+class ShardSettings:
+    threshold: int = 2048
+    retrieval_corpus: bool = True
+    num_actors: int = 1
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float = 0.0
+    batch_size: int = 256
+
+
+@dataclass
+class EncodeStats:
+    texts: int = 0          # texts mteb asked for
+    cache_hits: int = 0     # served from the cache (or repeated within a call)
+    encoded_local: int = 0  # encoded in this process
+    encoded_ray: int = 0    # encoded by Ray actors
+    calls: list = field(default_factory=list)
+
+    @property
+    def encoded(self) -> int:
+        return self.encoded_local + self.encoded_ray
+
+
+def task_instruction(task_name: str, task_type: str, prompt_type: str | None,
+                     overrides: dict[str, str] | None = None) -> str | None:
+    """The instruction for one side of a task, or None (documents of asymmetric tasks)."""
+    if task_type in ASYMMETRIC_TYPES and prompt_type == "document":
+        return None
+    return instruction_for(task_name, task_type, overrides)
+
+
+def _build_meta(name: str, spec: ModelSpec, fingerprint: str, dim: int, use_instructions: bool):
+    from mteb.models.model_meta import ModelMeta
+
+    return ModelMeta(
+        loader=None, name=name if "/" in name else f"embedforge/{name}", revision=fingerprint,
+        release_date=None, languages=None, n_parameters=None, memory_usage_mb=None,
+        max_tokens=spec.max_length, embed_dim=dim, license=None, open_weights=True,
+        public_training_code=None, public_training_data=None, framework=["PyTorch"],
+        similarity_fn_name="cosine", use_instructions=use_instructions, training_datasets=None,
+    )
+
+
+class EmbedforgeModel(AbsEncoder):
+    """mteb encoder over a ``ModelSpec``; ``stats`` counts what was encoded vs. served from cache."""
+
+    def __init__(self, spec: ModelSpec, name: str = "embedforge/model", *, use_instructions: bool = True,
+                 instruction_overrides: dict[str, str] | None = None, cache_dir: str | None = None,
+                 shard: ShardSettings | None = None):
+        self.spec = spec
+        self.fingerprint = spec.fingerprint()  # also validates the paths, before any loading
+        self.backend = load_backend(spec)
+        self.model = self.backend
+        self.use_instructions = use_instructions
+        self.overrides = dict(instruction_overrides or {})
+        self.cache_dir = cache_dir
+        self.shard = shard or ShardSettings()
+        self.stats = EncodeStats()
+        self.mteb_model_meta = _build_meta(name, spec, self.fingerprint, self.backend.dim, use_instructions)
+        self._caches: dict[str | None, EmbeddingCache] = {}
+
+    # -- protocol -------------------------------------------------------------------------------
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
+        texts: list[str] = []
+        for batch in inputs:
+            texts.extend(str(t) for t in batch["text"])
+        side = getattr(prompt_type, "value", prompt_type)
+        instruction = (task_instruction(task_metadata.name, task_metadata.type, side, self.overrides)
+                       if self.use_instructions else None)
+        large = (self.shard.retrieval_corpus and task_metadata.type in ASYMMETRIC_TYPES and side == "document")
+        return self.encode_texts(texts, instruction, force_shard=large)
+
+    # -- the work -------------------------------------------------------------------------------
+    def cache_for(self, instruction: str | None) -> EmbeddingCache:
+        if instruction not in self._caches:
+            self._caches[instruction] = EmbeddingCache(self.cache_dir or None,
+                                                       namespace_key(self.fingerprint, instruction))
+        return self._caches[instruction]
+
+    def encode_texts(self, texts: list[str], instruction: str | None = None, force_shard: bool = False) -> np.ndarray:
+        """Embeddings in input order: cached ones reused, unique missing texts encoded once."""
+        cache = self.cache_for(instruction)
+        keys = [text_hash(t) for t in texts]
+        found = cache.get_many(keys)
+        todo: dict[str, str] = {}
+        for k, t in zip(keys, texts):
+            if k not in found and k not in todo:
+                todo[k] = t
+        todo_keys, todo_texts = list(todo), list(todo.values())
+        self.stats.texts += len(texts)
+        self.stats.cache_hits += len(texts) - len(todo_texts)
+        if todo_texts:
+            use_ray = force_shard or len(todo_texts) >= self.shard.threshold
+            if use_ray:
+                from embedforge.evaluate.sharded import encode_sharded
+
+                def store(ids, vecs):
+                    cache.put_many([todo_keys[i] for i in ids], vecs)
+
+                encode_sharded(self.spec, todo_texts, instruction, num_actors=self.shard.num_actors,
+                               cpus_per_actor=self.shard.cpus_per_actor, gpus_per_actor=self.shard.gpus_per_actor,
+                               batch_size=self.shard.batch_size, on_batch=store)
+                self.stats.encoded_ray += len(todo_texts)
+            else:
+                step = max(1, self.shard.batch_size)
+                for i in range(0, len(todo_texts), step):
+                    cache.put_many(todo_keys[i:i + step], self.backend.encode(todo_texts[i:i + step], instruction))
+                self.stats.encoded_local += len(todo_texts)
+            self.stats.calls.append({"n": len(todo_texts), "ray": use_ray, "instruction": instruction})
+        found = cache.get_many(keys)
+        if len(texts) == 0:
+            return np.zeros((0, self.backend.dim), dtype=np.float32)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
