@@ -1,9 +1,94 @@
+"""Contrastive LoRA fine-tuning on Ray Train with DeepSpeed ZeRO-3: the ``train:`` config section.
+
+Defaults are the paper's (§4.2, Appendix A): LoRA r=16 on all linear layers, lr 1e-4 with 100 warmup
+steps then linear decay, weight decay 0.1, τ = 0.02, one epoch, DeepSpeed ZeRO-3.
+"""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from embedforge.section import Section
 
 
+class LoraSettings(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # "all-linear" = every nn.Linear of the backbone; otherwise module-name suffixes (q_proj, ...).
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class DataSource(Section):
+    # A Parquet file or directory of the shared row schema (embedforge.schema.COLUMNS).
+    path: str
+    # Relative share of this source in the training mix (normalised over all sources).
+    ratio: float = Field(1.0, gt=0)
+
+
+class DeepSpeedSettings(Section):
+    stage: Literal[0, 1, 2, 3] = 3
+    offload: Literal["none", "cpu"] = "none"  # optimizer + parameter offload to CPU memory (ZeRO-3)
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    gradient_clipping: float = Field(1.0, ge=0)  # 0 turns clipping off
+
+
 class TrainConfig(Section):
     temperature: float = Field(0.02, gt=0)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: list[DataSource] = Field(default_factory=list)
+    # Run-relative Parquet directory used when ``data`` is empty (the generate stage's output).
+    default_data_dir: str = "data"
+    # Sequences per optimizer step over all workers (queries; each also brings its documents).
+    global_batch_size: int = Field(2048, ge=1)
+    # Gradient caching: sequences per forward pass on a worker; null turns caching off.
+    chunk_size: int | None = Field(32, ge=1)
+    negatives_per_query: int = Field(1, ge=0)
+    query_max_length: int = Field(512, ge=2)
+    passage_max_length: int = Field(512, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop early (tiny runs, benchmarks)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    gradient_checkpointing: bool = True
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    checkpoint_every: int = Field(100, ge=1)  # optimizer steps between checkpoints (and one at the end)
+    max_failures: int = Field(3, ge=-1)  # Ray restarts of the worker group; -1 = unlimited
+    # Ray Train storage (checkpoints, results); null = <run dir>/ray_train.
+    storage_path: str | None = None
+    log_every: int = Field(1, ge=1)
+    # Hard-negative mining for rows without negatives (top-k of the given model, positives excluded).
+    mine_negatives: bool = False
+    mining_model: str | None = None  # a backbone spec; null = model.backbone
+    mining_top_k: int = Field(100, ge=1)
+
+    @field_validator("data")
+    @classmethod
+    def _unique_paths(cls, v: list[DataSource]) -> list[DataSource]:
+        paths = [s.path for s in v]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"data sources must be distinct paths, got {paths}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_fits_workers(self) -> TrainConfig:
+        if self.global_batch_size < self.num_workers:
+            raise ValueError(
+                f"train.global_batch_size ({self.global_batch_size}) must be >= train.num_workers "
+                f"({self.num_workers}): every worker needs at least one query per step"
+            )
+        if self.global_batch_size % self.num_workers:
+            raise ValueError(
+                f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"train.num_workers ({self.num_workers})"
+            )
+        return self
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.global_batch_size // self.num_workers

@@ -1,0 +1,162 @@
+"""Pure data preparation for training: row checks, tokenisation, source mixing, batch planning.
+
+No Ray here: ``embedforge.train.dataset`` runs these functions as Ray Data steps, and unit tests call
+them directly.
+
+A *global batch* is one optimizer step for all workers together. Every global batch holds rows of a
+single group (same-task batching, as E5, GritLM and FlagEmbedding do), never the same positive twice
+(a duplicate would be scored as its own negative), and the same number of hard negatives per row, so
+that every worker runs the same number of forward chunks and collective calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+
+from embedforge.prompts import format_document, format_query, tokenize_with_eos
+from embedforge.schema import GROUPS
+
+REQUIRED_COLUMNS = ("id", "group", "task", "query", "positive", "negatives")
+
+
+def row_problem(row: dict) -> str | None:
+    """Why a row cannot be trained on, or None when it can."""
+    for name in ("id", "query", "positive"):
+        value = row.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"{name} must be a non-empty string"
+    if row.get("group") not in GROUPS:
+        return f"group {row.get('group')!r} is not one of: {', '.join(GROUPS)}"
+    task = row.get("task")
+    if task is not None and not isinstance(task, str):
+        return "task must be a string"
+    negatives = row.get("negatives")
+    if negatives is not None and not all(isinstance(n, str) for n in list(negatives)):
+        return "negatives must be a list of strings"
+    return None
+
+
+def positive_key(text: str) -> str:
+    """Identity of a positive for the no-duplicates rule (whitespace-insensitive)."""
+    return hashlib.sha1(" ".join(text.split()).encode()).hexdigest()
+
+
+def tokenize_rows(batch: dict, tokenizer, query_max_length: int, passage_max_length: int) -> dict:
+    """Columns ``query_ids``, ``positive_ids``, ``negative_ids`` (list of id lists) and ``positive_key``.
+
+    Queries get the instruction template with the row's ``task``; documents get none; everything ends
+    in EOS (``embedforge.prompts``). Other columns pass through.
+    """
+    queries = [format_query(q, t or None) for q, t in zip(batch["query"], batch["task"], strict=True)]
+    positives = [format_document(p) for p in batch["positive"]]
+    negatives = [[format_document(n) for n in (list(negs) if negs is not None else [])] for negs in batch["negatives"]]
+    flat = [n for negs in negatives for n in negs]
+    flat_ids = tokenize_with_eos(tokenizer, flat, passage_max_length)
+    negative_ids, start = [], 0
+    for negs in negatives:
+        negative_ids.append(flat_ids[start : start + len(negs)])
+        start += len(negs)
+    out = dict(batch)
+    out["query_ids"] = tokenize_with_eos(tokenizer, queries, query_max_length)
+    out["positive_ids"] = tokenize_with_eos(tokenizer, positives, passage_max_length)
+    out["negative_ids"] = negative_ids
+    out["positive_key"] = [positive_key(p) for p in batch["positive"]]
+    return out
+
+
+def mix_counts(sizes: Sequence[int], ratios: Sequence[float]) -> list[int]:
+    """Rows to take from each source so the mix follows ``ratios`` and keeps the total row count.
+
+    A source asked for more rows than it has is repeated (upsampled); one asked for fewer is sampled.
+    """
+    if len(sizes) != len(ratios):
+        raise ValueError("sizes and ratios must have the same length")
+    total = sum(sizes)
+    share = sum(r for r, s in zip(ratios, sizes, strict=True) if s > 0)  # empty sources take no share
+    exact = [total * r / share if s > 0 else 0.0 for r, s in zip(ratios, sizes, strict=True)]
+    counts = [int(x) for x in exact]
+    # Largest remainders get the rows rounding left over, so the total is kept exactly.
+    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _usable_size(n: int, world_size: int) -> int:
+    return n - n % world_size
+
+
+def plan_group_batches(
+    rows: Sequence[dict], global_batch_size: int, world_size: int, negatives_per_query: int, seed: int
+) -> list[dict]:
+    """Global batches from the rows of one group (each row: ``id``, ``positive_key``, ``query_ids``,
+    ``positive_ids``, ``negative_ids``).
+
+    Rows are shuffled with ``seed``; a row whose positive is already in the batch being filled waits
+    for a later batch. A last, short batch is kept when it holds at least one row per worker (trimmed
+    to a multiple of ``world_size``). Each batch carries ``k`` hard negatives per row: the smallest
+    number any of its rows has, capped at ``negatives_per_query``.
+    """
+    order = list(rows)
+    random.Random(seed).shuffle(order)
+    batches: list[list[dict]] = []
+    pending = order
+    while pending:
+        batch, seen, waiting = [], set(), []
+        for row in pending:
+            if len(batch) < global_batch_size and row["positive_key"] not in seen:
+                batch.append(row)
+                seen.add(row["positive_key"])
+            else:
+                waiting.append(row)
+        usable = _usable_size(len(batch), world_size)
+        if usable == 0:
+            break
+        batches.append(batch[:usable])
+        if len(batch) < global_batch_size:
+            # Only duplicates of positives already used are left: they would form batches of one
+            # positive repeated, which contrastive training cannot score. Keep them for the next epoch.
+            if not any(r["positive_key"] not in seen for r in waiting):
+                break
+        pending = waiting + batch[usable:]
+    return [_batch_record(b, negatives_per_query, seed) for b in batches]
+
+
+def _batch_record(batch: list[dict], negatives_per_query: int, seed: int) -> dict:
+    k = min([negatives_per_query] + [len(r["negative_ids"]) for r in batch])
+    return {
+        "group": batch[0].get("group", ""),
+        "ids": [r["id"] for r in batch],
+        "query_ids": [list(r["query_ids"]) for r in batch],
+        "positive_ids": [list(r["positive_ids"]) for r in batch],
+        # Row-major: row i's negatives sit at i*k .. i*k+k-1, so a worker's slice stays contiguous.
+        "negative_ids": [list(n) for r in batch for n in list(r["negative_ids"])[:k]],
+        "num_negatives": k,
+        "order": batch_order_key(batch[0]["id"], seed),
+    }
+
+
+def batch_order_key(first_id: str, seed: int) -> str:
+    """A deterministic, group-mixing position for a batch (sorting by it interleaves the groups)."""
+    return hashlib.sha1(f"{seed}:{first_id}".encode()).hexdigest()
+
+
+def worker_slice(record: dict, rank: int, world_size: int) -> dict:
+    """This worker's share of a global batch: its queries, their positives and their negatives."""
+    n = len(record["query_ids"])
+    if n % world_size:
+        raise ValueError(f"a global batch of {n} rows does not split over {world_size} workers")
+    per = n // world_size
+    k = int(record["num_negatives"])
+    lo, hi = rank * per, (rank + 1) * per
+    return {
+        "query_ids": [list(x) for x in record["query_ids"][lo:hi]],
+        "positive_ids": [list(x) for x in record["positive_ids"][lo:hi]],
+        "negative_ids": [list(x) for x in record["negative_ids"][lo * k : hi * k]],
+        "num_negatives": k,
+    }
+
+
+def count_tokens(local: dict) -> int:
+    return sum(len(s) for key in ("query_ids", "positive_ids", "negative_ids") for s in local[key])

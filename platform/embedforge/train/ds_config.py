@@ -1,0 +1,59 @@
+"""The DeepSpeed config generated from the ``train:`` section.
+
+``gradient_accumulation_steps`` is always 1: gradient caching accumulates chunk gradients itself
+(with ``set_gradient_accumulation_boundary``), and one global batch is one optimizer step.
+"""
+
+from __future__ import annotations
+
+from embedforge.train.config import TrainConfig
+
+
+def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
+    """AdamW (torch's, so CPU workers need no compiled op), linear warmup then linear decay to 0."""
+    ds = train.deepspeed
+    zero: dict = {"stage": ds.stage}
+    if ds.stage == 3:
+        # Gathered 16-bit weights are not needed: the adapter is gathered explicitly on save.
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    if ds.offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": train.use_gpu}
+        if ds.stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": train.use_gpu}
+    # WarmupDecayLR divides by (total - warmup): keep at least one decay step.
+    total = max(int(total_steps), train.warmup_steps + 1)
+    config = {
+        "train_micro_batch_size_per_gpu": train.local_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": train.global_batch_size,
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": train.lr, "weight_decay": train.weight_decay, "betas": [0.9, 0.999],
+                       "eps": 1e-8, "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {"total_num_steps": total, "warmup_num_steps": train.warmup_steps,
+                       "warmup_type": "linear", "warmup_min_lr": 0.0, "warmup_max_lr": train.lr},
+        },
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.gradient_clipping > 0:
+        config["gradient_clipping"] = ds.gradient_clipping
+    if ds.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif ds.precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return config
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate the generated schedule gives after ``step`` optimizer steps (for checks)."""
+    total = max(int(total_steps), warmup_steps + 1)
+    if step < warmup_steps:
+        return lr * step / warmup_steps
+    return lr * max(0.0, (total - step) / (total - warmup_steps))

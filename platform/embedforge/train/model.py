@@ -1,0 +1,167 @@
+"""The trained model: backbone + PEFT LoRA, and its three outputs.
+
+Outputs: the LoRA adapter (gathered from ZeRO-3 partitions: outside a gather a partitioned parameter
+has shape (0,), so a naive ``save_pretrained`` writes an empty adapter), a merged Hugging Face
+directory, and a sentence-transformers directory (last-token pooling, normalisation, EOS appended by
+the tokenizer, ``prompts`` holding the instruction template) that encodes like ``embedforge.encoder``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from embedforge.models import DTYPES, load_tokenizer
+from embedforge.prompts import QUERY_TEMPLATE
+from embedforge.train.config import LoraSettings
+
+
+def linear_module_names(model) -> list[str]:
+    """Last name component of every ``nn.Linear`` (what LoRA ``target_modules`` match)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def check_target_modules(model, target_modules) -> None:
+    """Fail before training when a configured LoRA target is not a linear module of the backbone."""
+    names = linear_module_names(model)
+    if target_modules == "all-linear":
+        if not names:
+            raise ValueError("train.lora.target_modules: the backbone has no linear layers for LoRA")
+        return
+    missing = [t for t in target_modules if t not in names]
+    if missing or not target_modules:
+        raise ValueError(
+            f"train.lora.target_modules: {missing or target_modules} not found in the backbone; "
+            f"its linear modules are: {', '.join(names)} (or use 'all-linear')"
+        )
+
+
+def meta_backbone(path: str):
+    """The backbone's module tree without weights (for checks before any worker starts)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        return AutoModel.from_config(config)
+
+
+def lora_config(lora: LoraSettings, init_lora_weights: bool = True):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        init_lora_weights=init_lora_weights,
+        bias="none",
+    )
+
+
+def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool = False, init_lora_weights: bool = True):
+    """Wrap a base model (no LM head) in LoRA; non-reentrant checkpointing survives ZeRO-3."""
+    from peft import get_peft_model
+
+    check_target_modules(model, lora.target_modules)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return get_peft_model(model, lora_config(lora, init_lora_weights))
+
+
+def load_lora_model(path: str, lora: LoraSettings, dtype: str = "float32", gradient_checkpointing: bool = False):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
+    return add_lora(model, lora, gradient_checkpointing)
+
+
+def gathered_lora_state_dict(peft_model) -> dict[str, torch.Tensor]:
+    """The adapter's weights as full CPU tensors, also under ZeRO-3 (every rank must call this)."""
+    from peft import get_peft_model_state_dict
+
+    params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+    partitioned = any(hasattr(p, "ds_id") for p in params)
+    if partitioned:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = get_peft_model_state_dict(peft_model)
+            return {k: v.detach().float().cpu().clone() for k, v in state.items()}
+    state = get_peft_model_state_dict(peft_model)
+    return {k: v.detach().float().cpu().clone() for k, v in state.items()}
+
+
+def save_adapter(peft_model, state_dict: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    empty = [k for k, v in state_dict.items() if v.numel() == 0]
+    if not state_dict or empty:
+        raise RuntimeError(f"refusing to save an empty LoRA adapter (empty tensors: {empty[:3]})")
+    peft_model.save_pretrained(str(out_dir), state_dict=state_dict)
+    return out_dir
+
+
+def save_merged(backbone_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Backbone with the adapter merged in, plus its tokenizer: a plain HF directory."""
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(backbone_path, dtype=DTYPES[dtype])
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(str(out_dir))
+    load_tokenizer(backbone_path).save_pretrained(str(out_dir))
+    return out_dir
+
+
+def add_eos_post_processor(tokenizer) -> None:
+    """Make a fast tokenizer end every sequence in EOS (what ``tokenize_with_eos`` does by hand).
+
+    Truncation then keeps room for EOS, so ``max_seq_length`` truncation equals embedforge's
+    ``max_length - 1`` tokens + EOS.
+    """
+    from tokenizers import processors
+
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
+    single = f"{bos} $A {eos}" if adds_bos else f"$A {eos}"
+    pair = f"{bos} $A {eos} $B {eos}" if adds_bos else f"$A {eos} $B {eos}"
+    special = [(eos, tokenizer.eos_token_id)] + ([(bos, tokenizer.bos_token_id)] if adds_bos else [])
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=special
+    )
+
+
+def query_prompts(instructions: dict[str, str]) -> dict[str, str]:
+    """sentence-transformers prompts (a prefix per task) from the instruction template."""
+    prefix = QUERY_TEMPLATE.split("{query}")[0]
+    return {name: prefix.format(instruction=text.strip()) for name, text in instructions.items() if text.strip()}
+
+
+def save_sentence_transformers(
+    merged_dir: str | Path, out_dir: str | Path, max_length: int, instructions: dict[str, str]
+) -> Path:
+    """A sentence-transformers directory: Transformer -> last-token Pooling -> Normalize."""
+    from sentence_transformers import SentenceTransformer, models
+
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".hf")
+    shutil.copytree(merged_dir, work, dirs_exist_ok=True)
+    tok = load_tokenizer(str(work))
+    add_eos_post_processor(tok)
+    tok.padding_side = "right"
+    tok.save_pretrained(str(work))
+    try:
+        transformer = models.Transformer(str(work), max_seq_length=max_length)
+        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
+        st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=query_prompts(instructions),
+                                 device="cpu")
+        st.save(str(out_dir))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out_dir / "embedforge.json").write_text(json.dumps({"query_template": QUERY_TEMPLATE, "max_length": max_length}))
+    return out_dir

@@ -1,0 +1,124 @@
+"""Pure training pieces: row checks, tokenisation, mixing, batch planning, DeepSpeed config, config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedforge.config import ConfigError, load_config
+from embedforge.prompts import eos_token_id, tokenize_with_eos
+from embedforge.train.batching import (
+    mix_counts,
+    plan_group_batches,
+    positive_key,
+    row_problem,
+    tokenize_rows,
+    worker_slice,
+)
+from embedforge.train.config import TrainConfig
+from embedforge.train.ds_config import deepspeed_config, lr_at
+
+
+def _row(i, positive=None, negs=1, group="short_long"):
+    positive = positive if positive is not None else f"doc {i}"
+    return {
+        "id": f"r{i}", "group": group, "positive_key": positive_key(positive),
+        "query_ids": [1, 5 + i % 20, 2], "positive_ids": [1, 6, 2],
+        "negative_ids": [[1, 7, j, 2] for j in range(negs)],
+    }
+
+
+def test_row_problem_names_the_bad_field():
+    good = {"id": "a", "group": "sts", "task": "", "query": "q", "positive": "p", "negatives": []}
+    assert row_problem(good) is None
+    assert "query" in row_problem(dict(good, query="  "))
+    assert "group" in row_problem(dict(good, group="nope"))
+    assert "negatives" in row_problem(dict(good, negatives=[1]))
+
+
+def test_tokenize_rows_formats_queries_and_ends_in_eos(tiny_tokenizer):
+    batch = {"id": ["a", "b"], "group": ["sts", "sts"], "task": ["find it", ""], "query": ["hi there", "yo"],
+             "positive": ["a doc", "b doc"], "negatives": [["neg one", "neg two"], []]}
+    out = tokenize_rows(batch, tiny_tokenizer, query_max_length=64, passage_max_length=6)
+    eos = eos_token_id(tiny_tokenizer)
+    assert out["query_ids"][0] == tokenize_with_eos(tiny_tokenizer, ["Instruct: find it\nQuery: hi there"], 64)[0]
+    assert out["query_ids"][1] == tokenize_with_eos(tiny_tokenizer, ["yo"], 64)[0]  # empty task: no template
+    assert all(ids[-1] == eos for ids in out["query_ids"] + out["positive_ids"])
+    assert [len(n) for n in out["negative_ids"]] == [2, 0]
+    assert all(len(ids) <= 6 and ids[-1] == eos for ids in out["negative_ids"][0])
+    assert out["positive_key"][0] != out["positive_key"][1]
+
+
+def test_mix_counts_follow_ratios_and_keep_total():
+    assert mix_counts([100, 100], [3, 1]) == [150, 50]
+    assert mix_counts([10, 0], [1, 1]) == [10, 0]
+    assert sum(mix_counts([7, 13, 5], [1, 1, 1])) == 25
+
+
+def test_batches_have_unique_positives_and_full_worker_slices():
+    rows = [_row(i, positive=f"doc {i % 7}") for i in range(40)]
+    batches = plan_group_batches(rows, global_batch_size=6, world_size=2, negatives_per_query=1, seed=3)
+    assert batches, "no batch planned"
+    used = [i for b in batches for i in b["ids"]]
+    assert len(used) == len(set(used))  # a row is used at most once per epoch
+    for b in batches:
+        keys = [positive_key(f"doc {int(i[1:]) % 7}") for i in b["ids"]]
+        assert len(keys) == len(set(keys)), "a positive appears twice in a batch"
+        assert len(b["ids"]) % 2 == 0 and 2 <= len(b["ids"]) <= 6
+        assert len(b["negative_ids"]) == len(b["ids"]) * b["num_negatives"]
+
+
+def test_batch_negatives_are_the_minimum_available():
+    rows = [_row(0, negs=3), _row(1, negs=1), _row(2, negs=2), _row(3, negs=3)]
+    (b,) = plan_group_batches(rows, 4, 2, negatives_per_query=2, seed=0)
+    assert b["num_negatives"] == 1 and len(b["negative_ids"]) == 4
+
+
+def test_planning_is_deterministic_and_seeded():
+    rows = [_row(i) for i in range(30)]
+    a = plan_group_batches(rows, 8, 2, 1, seed=1)
+    assert a == plan_group_batches(rows, 8, 2, 1, seed=1)
+    assert [b["ids"] for b in a] != [b["ids"] for b in plan_group_batches(rows, 8, 2, 1, seed=2)]
+
+
+def test_worker_slices_partition_the_global_batch():
+    rows = [_row(i, negs=2) for i in range(8)]
+    (b,) = plan_group_batches(rows, 8, 4, 2, seed=0)
+    slices = [worker_slice(b, r, 4) for r in range(4)]
+    assert sum((s["query_ids"] for s in slices), []) == b["query_ids"]
+    assert sum((s["negative_ids"] for s in slices), []) == b["negative_ids"]
+    assert all(len(s["negative_ids"]) == 2 * len(s["query_ids"]) for s in slices)
+
+
+def test_deepspeed_config_from_train_config():
+    cfg = TrainConfig(global_batch_size=64, num_workers=4, warmup_steps=10, lr=2e-4)
+    ds = deepspeed_config(cfg, total_steps=100)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
+    assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["gradient_accumulation_steps"] == 1
+    assert ds["optimizer"]["params"]["weight_decay"] == 0.1 and ds["gradient_clipping"] == 1.0
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
+    off = deepspeed_config(cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(
+        update={"offload": "cpu", "precision": "fp32", "gradient_clipping": 0.0})}), 100)
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "bf16" not in off and "gradient_clipping" not in off
+    assert lr_at(5, 1e-4, 10, 100) == pytest.approx(5e-5)
+    assert lr_at(55, 1e-4, 10, 100) == pytest.approx(5e-5)
+    assert lr_at(100, 1e-4, 10, 100) == 0.0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.temperature=0", "train.temperature"),
+    ("train.global_batch_size=1", "train.global_batch_size"),
+    ("train.deepspeed.stage=4", "train.deepspeed.stage"),
+])
+def test_bad_train_settings_fail_at_load_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override, "train.num_workers=2"])
+    assert key in str(err.value)
+
+
+def test_shipped_configs_train_sections_load(repo_root):
+    tiny = load_config(str(repo_root / "configs/tiny.yaml"), [])
+    assert tiny.train.num_workers == 2 and tiny.train.deepspeed.stage == 3
+    paper = load_config(str(repo_root / "configs/paper.yaml"), [])
+    assert paper.train.global_batch_size == 2048 and paper.train.lora.r == 16
+    assert paper.train.deepspeed.precision == "bf16" and paper.train.temperature == 0.02
