@@ -1,0 +1,169 @@
+"""The Ray Data stages: teacher calls in async actors, parse + validate, contamination filter.
+
+requests (one row per teacher call) → TeacherCaller (actor pool; each actor keeps many requests in
+flight with the async openai client) → parse_outcomes (validation) → ContaminationFilter (actor
+holding the eval-set index) → the driver, which dedupes over the whole run and commits shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+
+import numpy as np
+
+from embedforge.generate.config import TeacherConfig
+from embedforge.generate.taxonomy import load_template
+from embedforge.generate.teachers import call_teacher, make_client
+from embedforge.generate.validation import (
+    ContaminationIndex,
+    Rejected,
+    parse_brainstorm,
+    read_eval_texts,
+    to_row,
+    validate_example,
+)
+
+REQUEST_COLUMNS = ("id", "group", "kind", "task", "language", "messages", "schema", "seed", "values", "teacher", "max_tokens")
+
+
+def limits_actor_name(run_key: str, teacher: str) -> str:
+    return f"embedforge-limits-{run_key}-{teacher}"
+
+
+def _rows(batch: dict) -> list[dict]:
+    n = len(next(iter(batch.values())))
+    return [{k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()} for i in range(n)]
+
+
+def _columns(rows: list[dict]) -> dict:
+    return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+class TeacherCaller:
+    """A Ray Data actor: every row of a batch is one chat completion, all in flight together.
+
+    Ray Data runs several batches of an async actor at once, so per-teacher semaphores (each
+    actor's share of the teacher's max_concurrency) keep the endpoint busy without overrunning it.
+    """
+
+    def __init__(self, teachers: list[dict], run_key: str, per_actor_concurrency: dict[str, int]):
+        self.teachers = {t["name"]: TeacherConfig(**t) for t in teachers}
+        self.run_key = run_key
+        self.per_actor = per_actor_concurrency
+        self.clients: dict = {}
+        self.sems: dict = {}
+        self.limits: dict = {}
+
+    def _setup(self, name: str):
+        # Clients and semaphores bind to the running event loop, so they are made inside it.
+        if name not in self.clients:
+            import ray
+
+            teacher = self.teachers[name]
+            self.clients[name] = make_client(teacher)
+            self.sems[name] = asyncio.Semaphore(self.per_actor[name])
+            limited = teacher.requests_per_minute or teacher.tokens_per_minute
+            self.limits[name] = ray.get_actor(limits_actor_name(self.run_key, name), namespace="embedforge") if limited else None
+        return self.teachers[name], self.clients[name], self.sems[name], self.limits[name]
+
+    async def _one(self, row: dict) -> dict:
+        teacher, client, sem, limits = self._setup(row["teacher"])
+        async with sem:
+            out = await call_teacher(client, teacher, row, int(row["max_tokens"]), limits)
+        return {**row, **out}
+
+    async def __call__(self, batch: dict) -> dict:
+        results = await asyncio.gather(*(self._one(r) for r in _rows(batch)))
+        return _columns(list(results))
+
+
+def parse_outcome(row: dict, min_words_short: int, min_words_long: int) -> dict:
+    """A teacher result → status kept/rejected, the reason, and the parsed payload as JSON."""
+    out = {
+        "id": row["id"], "group": row["group"], "kind": row["kind"], "teacher": row["teacher"],
+        "language": row["language"], "raw": row["text"], "prompt_tokens": int(row["prompt_tokens"]),
+        "completion_tokens": int(row["completion_tokens"]), "latency_s": float(row["latency_s"]),
+        "status": "rejected", "reason": "", "detail": "", "payload": "",
+    }
+    try:
+        if row["error"]:
+            raise Rejected("request_error", row["error"])
+        template = load_template(row["group"])
+        try:
+            if row["kind"] == "brainstorm":
+                payload = parse_brainstorm(row["text"])
+            else:
+                fields = validate_example(row["text"], template, min_words_short, min_words_long)
+                payload = to_row(fields, template, row, row["teacher"], (out["prompt_tokens"], out["completion_tokens"])).to_dict()
+        except Rejected as exc:
+            if row["finish_reason"] == "length" and exc.reason == "invalid_json":
+                raise Rejected("truncated", f"hit max_tokens={row['max_tokens']}") from None
+            raise
+        out["status"], out["payload"] = "kept", json.dumps(payload, ensure_ascii=False)
+    except Rejected as exc:
+        out["reason"], out["detail"] = exc.reason, exc.detail[:300]
+    return out
+
+
+def parse_outcomes(batch: dict, min_words_short: int, min_words_long: int) -> dict:
+    return _columns([parse_outcome(r, min_words_short, min_words_long) for r in _rows(batch)])
+
+
+class ContaminationFilter:
+    """Holds the evaluation sets' index once per actor; rejects kept rows that overlap it."""
+
+    def __init__(self, eval_files: list[str], ngram: int):
+        texts = [t for path in eval_files for t in read_eval_texts(path)]
+        self.index = ContaminationIndex(texts, ngram=ngram)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = _rows(batch)
+        for row in rows:
+            if row["status"] == "kept" and row["kind"] == "example":
+                why = self.index.check_row(json.loads(row["payload"]))
+                if why:
+                    row["status"], row["reason"], row["detail"] = "rejected", "contaminated", why
+        return _columns(rows)
+
+
+def build_dataset(requests: list[dict], teachers: list[TeacherConfig], run_key: str, actors: int, gen_cfg):
+    """The lazy Ray Dataset of outcomes for ``requests`` (nothing runs until it is iterated)."""
+    import ray.data
+
+    per_actor = {t.name: max(1, math.ceil(t.max_concurrency / actors)) for t in teachers}
+    in_flight = sum(per_actor.values())
+    # Ray Data keeps up to 4 batches of an async actor running; batches of half the actor's
+    # concurrency leave room for the next batch to start while a slow request finishes.
+    batch_size = max(1, math.ceil(in_flight / 2))
+    ds = ray.data.from_items(requests, override_num_blocks=max(1, min(len(requests), 4 * actors * 4)))
+    if gen_cfg.engine == "ray_llm":
+        from embedforge.generate.ray_llm import apply_ray_llm
+
+        return _after_teacher(apply_ray_llm(ds, teachers[0]), batch_size, gen_cfg)
+    # Keys reach the actors by the env var each teacher names, never through config or logs.
+    key_env = {t.api_key_env: os.environ[t.api_key_env] for t in teachers if t.api_key_env and t.api_key_env in os.environ}
+    ds = ds.map_batches(
+        TeacherCaller, runtime_env={"env_vars": key_env} if key_env else None,
+        fn_constructor_kwargs={
+            "teachers": [t.model_dump() for t in teachers], "run_key": run_key, "per_actor_concurrency": per_actor,
+        },
+        batch_size=batch_size, concurrency=actors, num_cpus=0.1, batch_format="numpy",
+    )
+    return _after_teacher(ds, batch_size, gen_cfg)
+
+
+def _after_teacher(ds, batch_size: int, gen_cfg):
+    ds = ds.map_batches(
+        parse_outcomes, fn_kwargs={"min_words_short": gen_cfg.min_words_short, "min_words_long": gen_cfg.min_words_long},
+        batch_size=batch_size, num_cpus=0.1, batch_format="numpy",
+    )
+    if gen_cfg.contamination.eval_files:
+        ds = ds.map_batches(
+            ContaminationFilter,
+            fn_constructor_kwargs={"eval_files": gen_cfg.contamination.eval_files, "ngram": gen_cfg.contamination.ngram},
+            batch_size=batch_size, concurrency=1, num_cpus=0.1, batch_format="numpy",
+        )
+    return ds

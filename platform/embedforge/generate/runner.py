@@ -1,0 +1,246 @@
+"""The generate stage: labeled loaders, then synthetic rows from teachers until every group is full.
+
+Rounds: plan the missing rows' attempts (seeded ids continuing the run) → run them through the Ray
+Data pipeline → the driver dedupes, caps each group at its target and commits shards. A rerun of
+the same command reads the committed shards and plans only what is still missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from embedforge.generate.config import GenerateConfig, TeacherConfig
+from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
+from embedforge.generate.taxonomy import (
+    BRAINSTORM_SCHEMA,
+    brainstorm_calls_needed,
+    brainstorm_messages,
+    choose_teacher,
+    example_request,
+    language_weights,
+    load_template,
+    row_seed,
+    split_counts,
+)
+from embedforge.generate.teachers import LocalTeacherServer, TeacherError, limits_actor, preflight
+from embedforge.generate.validation import Deduper, dedupe_keys
+from embedforge.section import ConfigError
+
+
+class Committer:
+    """Driver-side end of the pipeline: whole-run dedupe, per-group caps, shard commits, health."""
+
+    def __init__(self, store: RunStore, cfg: GenerateConfig, targets: dict[str, int], records: list[dict], kept_rows: list[dict]):
+        self.store, self.cfg, self.targets = store, cfg, targets
+        self.records = records  # every committed attempt of the run (grows as shards commit)
+        self.session: list[dict] = []
+        self.kept = Counter(r["group"] for r in records if r["status"] == "kept" and r["kind"] == "example")
+        self.deduper = Deduper()
+        for row in kept_rows:
+            self.deduper.seen.update(dedupe_keys(row))
+        self._reset()
+
+    def _reset(self):
+        self.buf_kept, self.buf_rejects, self.buf_records = [], [], []
+        self.last_flush = time.monotonic()
+
+    def missing(self) -> dict[str, int]:
+        return {g: n - self.kept[g] for g, n in self.targets.items() if n - self.kept[g] > 0}
+
+    def add(self, out: dict) -> bool:
+        """Take one outcome; True when it became a kept row."""
+        if out["status"] == "kept":
+            row = json.loads(out["payload"])
+            if self.kept[row["group"]] >= self.targets.get(row["group"], 0):
+                out = {**out, "status": "rejected", "reason": "surplus", "detail": ""}
+            elif not self.deduper.add(row):
+                out = {**out, "status": "rejected", "reason": "duplicate", "detail": ""}
+            else:
+                self.kept[row["group"]] += 1
+                self.buf_kept.append(row)
+        if out["status"] != "kept":
+            self.buf_rejects.append({k: out[k] for k in ("id", "group", "kind", "teacher", "reason", "detail", "raw")})
+        self.buf_records.append({k: out[k] for k in ("id", "group", "kind", "teacher", "language", "status", "reason", "prompt_tokens", "completion_tokens")})
+        if len(self.buf_records) >= self.cfg.shard_rows or time.monotonic() - self.last_flush >= self.cfg.flush_seconds:
+            self.flush()
+        return out["status"] == "kept"
+
+    def flush(self):
+        if not self.buf_records:
+            return
+        self.store.commit(self.store.next_shard_name(), self.buf_kept, self.buf_rejects, self.buf_records)
+        self.records += self.buf_records
+        self.session += self.buf_records
+        self._reset()
+        self.check_teachers()
+
+    def check_teachers(self):
+        for teacher, (attempts, failures) in teacher_reject_rates(self.session).items():
+            if attempts >= self.cfg.reject_min_attempts and failures / attempts > self.cfg.max_reject_rate:
+                reasons = Counter(r["reason"] for r in self.session if r["teacher"] == teacher and r["status"] != "kept")
+                raise TeacherError(
+                    f"teacher {teacher!r} failed {failures} of its last {attempts} calls (> generate.max_reject_rate="
+                    f"{self.cfg.max_reject_rate}); reasons: {dict(reasons.most_common())}. Committed work is kept; "
+                    "fix the teacher and rerun the same command to continue."
+                )
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="generate", unit="row")
+
+
+def _teachers(cfg: GenerateConfig, server: LocalTeacherServer | None) -> list[TeacherConfig]:
+    teachers = list(cfg.teachers) + ([server.teacher()] if server else [])
+    if not teachers:
+        raise ConfigError("generate: no teacher; give generate.teachers or set generate.local_teacher.enabled=true")
+    return teachers
+
+
+def _stream(requests, teachers, run_key, cfg):
+    from embedforge.generate.pipeline import build_dataset
+
+    if not requests:
+        return iter(())
+    return build_dataset(requests, teachers, run_key, cfg.actors, cfg).iter_rows()
+
+
+def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, teachers, weights, run_key, run_seed) -> dict[str, list[str]]:
+    """Task definitions per brainstorm group, from the run dir or fresh brainstorm calls (then saved)."""
+    tasks: dict[str, list[str]] = {}
+    pending: dict[str, dict] = {}
+    for group, n in targets.items():
+        template = load_template(group)
+        if n <= 0 or not template.has_brainstorm:
+            continue
+        saved = store.load_tasks(group)
+        if saved is not None:
+            tasks[group] = saved["tasks"]
+            continue
+        calls = brainstorm_calls_needed(n, cfg.tasks_per_brainstorm, cfg.rows_per_task)
+        pending[group] = {"calls": {c: None for c in range(calls)}, "records": []}
+    for attempt in range(cfg.brainstorm_attempts):
+        requests = []
+        for group, st in pending.items():
+            messages = json.dumps(brainstorm_messages(load_template(group), cfg.tasks_per_brainstorm))
+            for call, got in st["calls"].items():
+                if got is None:
+                    rid = f"{group}-brainstorm-{call}-{attempt}"
+                    requests.append({
+                        "id": rid, "group": group, "kind": "brainstorm", "task": "", "language": "English",
+                        "messages": messages, "schema": json.dumps(BRAINSTORM_SCHEMA), "seed": row_seed(run_seed, rid),
+                        "values": "{}", "teacher": choose_teacher(run_seed, rid, weights), "max_tokens": cfg.brainstorm_max_tokens,
+                    })
+        for out in _stream(requests, teachers, run_key, cfg):
+            st = pending[out["group"]]
+            call = int(out["id"].split("-")[-2])
+            st["records"].append({k: out[k] for k in ("id", "group", "kind", "teacher", "language", "status", "reason", "prompt_tokens", "completion_tokens")})
+            if out["status"] == "kept":
+                st["calls"][call] = json.loads(out["payload"])
+    for group, st in pending.items():
+        found = [t for got in st["calls"].values() if got for t in got]
+        found = list(dict.fromkeys(found))
+        fallback = not found
+        if fallback:  # every attempt failed to parse: the template's own examples keep the run going
+            found = list(load_template(group).fallback_tasks)
+        store.save_tasks(group, {"tasks": found, "fallback": fallback, "records": st["records"]})
+        tasks[group] = found
+    return tasks
+
+
+def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, run_seed) -> list[dict]:
+    requests = []
+    for group, missing in committer.missing().items():
+        template = load_template(group)
+        done = [r for r in committer.records if r["kind"] == "example" and r["group"] == group]
+        kept = sum(r["status"] == "kept" for r in done)
+        # Plan for the yield seen so far (at least 10%) so a weak teacher needs few rounds.
+        rate = max(kept / len(done), 0.1) if len(done) >= 5 else 1.0
+        count = math.ceil(missing * cfg.oversample / rate)
+        used = [int(r["id"].rsplit("-", 1)[1]) for r in done]
+        start = max(used) + 1 if used else 0
+        for index in range(start, start + count):
+            rid = f"{group}-{index:07d}"
+            req = example_request(template, rid, index, tasks.get(group, []), run_seed, languages, cfg.rows_per_task)
+            req["teacher"] = choose_teacher(run_seed, rid, weights)
+            req["max_tokens"] = cfg.max_tokens
+            requests.append(req)
+    return requests
+
+
+def generate_synthetic(cfg, run_dir: Path) -> dict:
+    gen: GenerateConfig = cfg.generate
+    store = RunStore(run_dir)
+    run_seed = cfg.run.seed
+    languages = language_weights(gen.language_weights)
+    targets = split_counts(gen.num_rows, dict(gen.groups))
+    server = LocalTeacherServer(gen.local_teacher, log_dir=store.gen_dir) if gen.local_teacher.enabled else None
+    started = time.monotonic()
+    try:
+        if server:
+            server.start()
+        teachers = _teachers(gen, server)
+        if gen.engine == "openai":
+            for teacher in teachers:  # before any Ray work
+                preflight(teacher)
+        from embedforge.ray_utils import init_ray
+
+        init_ray()
+        run_key = f"{Path(run_dir).resolve().name}-{row_seed(0, str(Path(run_dir).resolve()))}"
+        for t in teachers:
+            if t.requests_per_minute or t.tokens_per_minute:
+                limits_actor(run_key, t)
+        weights = {t.name: t.weight for t in teachers}
+        state = store.load()
+        committer = Committer(store, gen, targets, state.records, state.kept_rows)
+        tasks = _brainstorm(store, gen, targets, teachers, weights, run_key, run_seed)
+        bar = _progress(gen.num_rows, sum(committer.kept.values()), gen.progress)
+        try:
+            for _ in range(gen.max_rounds):
+                if not committer.missing():
+                    break
+                requests = _plan(committer, gen, tasks, weights, languages, run_seed)
+                for out in _stream(requests, teachers, run_key, gen):
+                    if committer.add(out) and bar is not None:
+                        bar.update(1)
+                    if not committer.missing():
+                        break
+                committer.flush()
+        finally:
+            committer.flush()
+            if bar is not None:
+                bar.close()
+        prices = {t.name: (t.price_prompt_per_1k, t.price_completion_per_1k) for t in teachers}
+        summary = summarize(committer.records, prices, time.monotonic() - started, committer.session)
+        summary["targets"] = targets
+        summary["complete"] = not committer.missing()
+        summary["fallback_tasks"] = sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback"))
+        if committer.missing():
+            summary["missing"] = committer.missing()
+        return summary
+    finally:
+        if server:
+            server.stop()
+
+
+def run(cfg) -> dict:
+    from embedforge.generate.labeled import write_labeled
+
+    run_dir = Path(cfg.run.dir)
+    result: dict = {"run_dir": str(run_dir), "data_dir": str(run_dir / "data")}
+    if cfg.generate.labeled:
+        result["labeled"] = write_labeled(cfg.generate.labeled, run_dir / "data", seed=cfg.run.seed)
+    if cfg.generate.num_rows > 0:
+        summary = generate_synthetic(cfg, run_dir)
+        summary["labeled"] = result.get("labeled", {})
+        path = RunStore(run_dir).save_summary(summary)
+        result.update(summary)
+        result["summary_path"] = str(path)
+    return result

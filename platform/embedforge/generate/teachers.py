@@ -1,0 +1,268 @@
+"""Teachers: OpenAI-compatible endpoints called with the official async client, shared rate limits,
+a preflight check, and the local llama.cpp server the job starts itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from embedforge.generate.config import LocalTeacherConfig, TeacherConfig
+from embedforge.section import ConfigError
+
+
+class TeacherError(ConfigError):
+    """A teacher that cannot be used; the message names the teacher, its endpoint and the error."""
+
+
+# --------------------------------------------------------------------------------------- limits
+
+
+class TokenBucket:
+    """Requests- and tokens-per-minute limits as reservations: ``reserve`` says how long to wait.
+
+    Capacity is one minute's allowance; a reservation may drive the balance negative, and whoever
+    reserved then waits until the refill covers it, so concurrent callers queue fairly.
+    """
+
+    def __init__(self, per_minute: float | None, now: float | None = None):
+        self.rate = None if per_minute is None else per_minute / 60.0
+        self.capacity = per_minute
+        self.level = per_minute
+        self.stamp = time.monotonic() if now is None else now
+
+    def reserve(self, amount: float, now: float | None = None) -> float:
+        if self.rate is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.level -= amount
+        return 0.0 if self.level >= 0 else -self.level / self.rate
+
+    def refund(self, amount: float) -> None:
+        if self.rate is not None:
+            self.level = min(self.capacity, self.level + amount)
+
+
+class TeacherLimits:
+    """Both limits of one teacher. One instance lives in a named Ray actor shared by every caller."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+        self.requests = TokenBucket(requests_per_minute)
+        self.tokens = TokenBucket(tokens_per_minute)
+
+    def reserve(self, tokens: int) -> float:
+        return max(self.requests.reserve(1), self.tokens.reserve(tokens))
+
+    def settle(self, reserved: int, used: int) -> None:
+        # Reservations use the worst case (prompt + max_tokens); give back what was not used.
+        if used < reserved:
+            self.tokens.refund(reserved - used)
+
+
+def limits_actor(run_key: str, teacher: TeacherConfig):
+    """The named actor holding ``teacher``'s limits for this run (created once, found by every actor)."""
+    import ray
+
+    name = f"embedforge-limits-{run_key}-{teacher.name}"
+    actor_cls = ray.remote(num_cpus=0)(TeacherLimits)
+    return actor_cls.options(name=name, namespace="embedforge", get_if_exists=True, lifetime=None).remote(
+        teacher.requests_per_minute, teacher.tokens_per_minute
+    )
+
+
+# --------------------------------------------------------------------------------------- calls
+
+
+def response_format(mode: str, schema: dict, name: str = "output") -> dict | None:
+    if mode == "json_schema":  # OpenAI, vLLM
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if mode == "json_object_schema":  # llama-cpp-python's server
+        return {"type": "json_object", "schema": schema}
+    return None
+
+
+def make_client(teacher: TeacherConfig):
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(
+        base_url=teacher.base_url, api_key=teacher.api_key(), max_retries=teacher.max_retries, timeout=teacher.timeout_s
+    )
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    return sum(len(m["content"]) for m in messages) // 3 + 8
+
+
+async def call_teacher(client, teacher: TeacherConfig, request: dict, max_tokens: int, limits=None) -> dict:
+    """One chat completion; failures (after the client's own retries) come back as ``error``."""
+    import openai
+
+    messages = json.loads(request["messages"])
+    reserved = estimate_prompt_tokens(messages) + max_tokens
+    if limits is not None:
+        wait = await limits.reserve.remote(reserved)
+        if wait > 0:
+            await asyncio.sleep(wait)
+    kwargs = dict(
+        model=teacher.model, messages=messages, max_tokens=max_tokens, temperature=teacher.temperature,
+        top_p=teacher.top_p, seed=int(request["seed"]),
+    )
+    fmt = response_format(teacher.response_format, json.loads(request["schema"]))
+    if fmt is not None:
+        kwargs["response_format"] = fmt
+    started = time.monotonic()
+    out = {"text": "", "finish_reason": "", "prompt_tokens": 0, "completion_tokens": 0, "error": ""}
+    try:
+        resp = await client.chat.completions.create(**kwargs)
+        choice = resp.choices[0]
+        out["text"] = choice.message.content or ""
+        out["finish_reason"] = choice.finish_reason or ""
+        if resp.usage is not None:
+            out["prompt_tokens"] = int(resp.usage.prompt_tokens or 0)
+            out["completion_tokens"] = int(resp.usage.completion_tokens or 0)
+    except openai.OpenAIError as exc:
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    out["latency_s"] = time.monotonic() - started
+    if limits is not None:
+        limits.settle.remote(reserved, out["prompt_tokens"] + out["completion_tokens"])
+    return out
+
+
+# ------------------------------------------------------------------------------------ preflight
+
+
+def preflight(teacher: TeacherConfig, timeout_s: float = 20.0) -> None:
+    """Reachable, key accepted, model served — checked before any Ray work; raises TeacherError."""
+    import openai
+
+    where = f"teacher {teacher.name!r} at {teacher.base_url}"
+    try:
+        key = teacher.api_key()
+    except ValueError as exc:
+        raise TeacherError(f"{where}: {exc}") from None
+    client = openai.OpenAI(base_url=teacher.base_url, api_key=key, max_retries=1, timeout=timeout_s)
+    try:
+        served = [m.id for m in client.models.list().data]
+    except openai.AuthenticationError as exc:
+        raise TeacherError(f"{where}: the API key in ${teacher.api_key_env} was refused ({exc.status_code}: {exc.message})") from None
+    except openai.APIConnectionError as exc:
+        raise TeacherError(f"{where}: endpoint unreachable ({exc.__cause__ or exc})") from None
+    except openai.APIStatusError as exc:
+        raise TeacherError(f"{where}: HTTP {exc.status_code} from /models ({exc.message})") from None
+    finally:
+        client.close()
+    if teacher.model not in served:
+        raise TeacherError(f"{where}: unknown model {teacher.model!r}; the endpoint serves: {', '.join(served) or 'nothing'}")
+
+
+# ---------------------------------------------------------------------------- the local teacher
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_gguf(model: str) -> Path:
+    from embedforge.models import PACKAGED_GGUF, packaged_gguf
+
+    if model in PACKAGED_GGUF:
+        return packaged_gguf(model)
+    path = Path(model).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise TeacherError(
+            f"generate.local_teacher.model: {model!r} is neither an existing .gguf file nor one of: {', '.join(PACKAGED_GGUF)}"
+        )
+    return path
+
+
+def _die_with_parent() -> None:
+    # A killed job (SIGKILL included) must not leave its llama.cpp server behind: Linux's
+    # PR_SET_PDEATHSIG sends the server SIGTERM when the process that started it dies.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class LocalTeacherServer:
+    """``python -m llama_cpp.server`` on a local port, in its own process group (stopped with it)."""
+
+    def __init__(self, cfg: LocalTeacherConfig, log_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.gguf = resolve_gguf(cfg.model)
+        self.port = cfg.port or _free_port()
+        self.alias = Path(cfg.model).stem if cfg.model.endswith(".gguf") else cfg.model
+        self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="ef-llama-")) / f"llama_server_{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}/v1"
+
+    def teacher(self) -> TeacherConfig:
+        return TeacherConfig(
+            name=self.cfg.name, base_url=self.base_url, model=self.alias, weight=self.cfg.weight,
+            max_concurrency=self.cfg.max_concurrency, response_format="json_object_schema", max_retries=2,
+            timeout_s=600.0,
+        )
+
+    def start(self) -> LocalTeacherServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--host", self.cfg.host,
+            "--port", str(self.port), "--model_alias", self.alias, "--n_ctx", str(self.cfg.n_ctx),
+        ]
+        if self.cfg.n_threads:
+            cmd += ["--n_threads", str(self.cfg.n_threads)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TeacherError(f"local teacher server exited at start: {self.log_path.read_text()[-1500:]}")
+            if self._ready():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise TeacherError(f"local teacher server not ready after {self.cfg.startup_timeout_s}s (log: {self.log_path})")
+
+    def _ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.base_url + "/models", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

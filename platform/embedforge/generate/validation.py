@@ -1,0 +1,236 @@
+"""Parsing and validation of teacher outputs, dedupe and contamination filtering (all pure).
+
+A teacher's raw text becomes either a training row or a reject with one reason from REJECT_REASONS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+from embedforge.generate.taxonomy import Template
+from embedforge.schema import TrainingRow
+
+REJECT_REASONS = (
+    "request_error",  # the endpoint failed even after the client's retries
+    "invalid_json",
+    "missing_key",    # a key of the group is absent, or an unexpected key is present
+    "not_string",
+    "empty",
+    "same_text",      # query == positive, positive == negative, label == misleading label
+    "too_short",
+    "truncated",      # the teacher hit max_tokens
+    "duplicate",      # seen before in this run (exact, normalised)
+    "contaminated",   # overlaps a configured evaluation set
+    "surplus",        # valid, but its group already had every requested row
+)
+
+
+class Rejected(ValueError):
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REJECT_REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+def _load_json(text: str):
+    text = (text or "").strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # Teachers without structured output sometimes wrap the object in prose: take the outermost {...}.
+        start, end = text.find("{"), text.rfind("}")
+        if 0 <= start < end:
+            try:
+                return json.loads(text[start : end + 1])
+            except json.JSONDecodeError:
+                pass
+    raise Rejected("invalid_json", text[:80])
+
+
+def parse_brainstorm(text: str) -> list[str]:
+    """A brainstorm's output: a JSON list of strings, or an object holding one (``{"tasks": [...]}``)."""
+    data = _load_json(text) if not (text or "").strip().startswith("[") else None
+    if data is None:
+        try:
+            data = json.loads(text.strip())
+        except json.JSONDecodeError as exc:
+            raise Rejected("invalid_json", str(exc)) from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise Rejected("missing_key", "expected one list of task definitions")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise Rejected("invalid_json", "a brainstorm must be a list of strings")
+    tasks, seen = [], set()
+    for item in data:
+        if not isinstance(item, str):
+            raise Rejected("not_string", f"task definition {item!r}")
+        item = " ".join(item.split())
+        if len(item.split()) >= 3 and normalize(item) not in seen:
+            seen.add(normalize(item))
+            tasks.append(item)
+    if not tasks:
+        raise Rejected("empty", "no task definition of at least three words")
+    return tasks
+
+
+def normalize(text: str) -> str:
+    """Case-, accent-width-, punctuation- and whitespace-insensitive form used for dedupe and contamination."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+_UNSPACED = re.compile(r"[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+def word_count(text: str) -> int:
+    # Scripts written without spaces (Chinese, Japanese, Thai, ...) count each character as a word.
+    unspaced = len(_UNSPACED.findall(text))
+    return len(_UNSPACED.sub(" ", text).split()) + unspaced
+
+
+def validate_example(text: str, template: Template, min_words_short: int = 1, min_words_long: int = 5) -> dict[str, str]:
+    """The group's fields of a teacher's output, or Rejected naming why not."""
+    data = _load_json(text)
+    if not isinstance(data, dict):
+        raise Rejected("invalid_json", "expected a JSON object")
+    missing = [k for k in template.keys if k not in data]
+    extra = [k for k in data if k not in template.keys]
+    if missing or extra:
+        raise Rejected("missing_key", f"missing {missing}, unexpected {extra}")
+    fields = {}
+    for key in template.keys:
+        value = data[key]
+        if not isinstance(value, str):
+            raise Rejected("not_string", f"{key}={value!r:.60}")
+        value = value.strip()
+        if not value:
+            raise Rejected("empty", key)
+        fields[key] = value
+    for key, value in fields.items():
+        least = min_words_long if key in template.long_keys else min_words_short
+        if word_count(value) < least:
+            raise Rejected("too_short", f"{key} has {word_count(value)} words, needs {least}")
+    ordered = [template.query, template.positive, *template.negatives]
+    normal = [normalize(fields[k]) for k in ordered]
+    if len(set(normal)) < len(normal):
+        raise Rejected("same_text", " / ".join(ordered))
+    return fields
+
+
+def to_row(fields: dict[str, str], template: Template, request: dict, teacher: str, usage: tuple[int, int]) -> TrainingRow:
+    return TrainingRow(
+        id=request["id"],
+        group=template.group,
+        task=request["task"],
+        query=fields[template.query],
+        positive=fields[template.positive],
+        negatives=[fields[k] for k in template.negatives],
+        language=request["language"],
+        teacher=teacher,
+        source="synthetic",
+        prompt_tokens=int(usage[0]),
+        completion_tokens=int(usage[1]),
+    )
+
+
+def dedupe_keys(row: dict) -> list[str]:
+    """What must be new for a row to count: its query, and its positive unless that is a label."""
+    keys = ["q:" + normalize(row["query"])]
+    if row["group"] != "long_short":
+        keys.append("d:" + normalize(row["positive"]))
+    return keys
+
+
+class Deduper:
+    """Exact dedupe on normalised text over the whole run (seeded with the rows already committed)."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def add(self, row: dict) -> bool:
+        keys = dedupe_keys(row)
+        if any(k in self.seen for k in keys):
+            return False
+        self.seen.update(keys)
+        return True
+
+
+class ContaminationIndex:
+    """Evaluation texts as exact normalised strings plus hashed word n-grams."""
+
+    def __init__(self, texts, ngram: int = 13):
+        self.ngram = ngram
+        self.exact: set[str] = set()
+        self.grams: set[int] = set()
+        for text in texts:
+            norm = normalize(text)
+            if not norm:
+                continue
+            self.exact.add(norm)
+            self.grams.update(self._grams(norm))
+
+    def _grams(self, norm: str):
+        words = norm.split()
+        return {hash(" ".join(words[i : i + self.ngram])) for i in range(len(words) - self.ngram + 1)}
+
+    def __len__(self):
+        return len(self.exact)
+
+    def match(self, text: str) -> str | None:
+        """Why ``text`` is contaminated ("exact" or "ngram"), or None."""
+        norm = normalize(text)
+        if norm in self.exact:
+            return "exact"
+        if any(g in self.grams for g in self._grams(norm)):
+            return "ngram"
+        return None
+
+    def check_row(self, row: dict) -> str | None:
+        for name in ("query", "positive"):
+            why = self.match(row[name])
+            if why:
+                return f"{name} {why}"
+        for neg in row.get("negatives") or []:
+            why = self.match(neg)
+            if why:
+                return f"negative {why}"
+        return None
+
+
+def read_eval_texts(path: str | Path) -> list[str]:
+    """Every text of an evaluation file: .tsv (text-like columns), .jsonl (text/title/query fields), else lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generate.contamination.eval_files: {str(path)!r} does not exist")
+    texts: list[str] = []
+    if path.suffix == ".jsonl":
+        with path.open() as f:
+            for line in f:
+                if line.strip():
+                    obj = json.loads(line)
+                    texts += [obj[k] for k in ("text", "title", "query") if isinstance(obj.get(k), str)]
+    elif path.suffix == ".tsv":
+        import csv
+
+        with path.open(newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader, [])
+            text_cols = [i for i, h in enumerate(header) if h.lower() in ("text", "sentence", "sentence1", "sentence2", "query", "title")]
+            for rec in reader:
+                texts += [rec[i] for i in text_cols if i < len(rec)]
+    else:
+        texts = [line.rstrip("\n") for line in path.open()]
+    return [t for t in texts if t.strip()]
