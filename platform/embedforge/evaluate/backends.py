@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from embedforge.prompts import format_query
+from embedforge.section import ConfigError
 
 
-class ModelPathError(FileNotFoundError):
+class ModelPathError(ConfigError):
     """A model or adapter path that does not exist or is not a model."""
 
 

@@ -70,7 +70,7 @@ class EmbeddingCache:
             if self.dir is not None and self.dir.is_dir():
                 for shard in sorted(self.dir.glob("*.npz")):
                     with np.load(shard) as z:
-                        for k, v in zip(z["keys"].tolist(), z["vecs"]):
+                        for k, v in zip(z["keys"].tolist(), z["vecs"], strict=True):
                             self._mem[k] = v
         return self._mem
 
@@ -88,7 +88,7 @@ class EmbeddingCache:
             return
         mem = self._load()
         vecs = np.asarray(vecs, dtype=np.float32)
-        for k, v in zip(keys, vecs):
+        for k, v in zip(keys, vecs, strict=True):
             mem[k] = v
         if self.dir is None:
             return

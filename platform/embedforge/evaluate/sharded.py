@@ -80,7 +80,6 @@ def encode_sharded(
     from embedforge.ray_utils import init_ray
 
     ray = init_ray()
-    import ray.data
 
     n = len(texts)
     if n == 0:

@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 from embedforge.evaluate.config import LocalTaskConfig
+from embedforge.section import ConfigError
 
 KIND_TO_TYPE = {"beir": "Retrieval", "sts": "STS", "classification": "Classification"}
 
 
-class TaskDataError(ValueError):
+class TaskDataError(ConfigError):
     """A local task's files cannot be used; the message names the file (and line)."""
 
 
@@ -105,7 +106,7 @@ def read_tsv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
                 continue
             if len(row) < len(header):
                 raise TaskDataError(f"{path}:{lineno}: expected {len(header)} tab-separated columns, got {len(row)}")
-            rows.append({**{c: row[i] for c, i in zip(columns, idx)}, "_line": lineno})
+            rows.append({**{c: row[i] for c, i in zip(columns, idx, strict=True)}, "_line": lineno})
     if not rows:
         raise TaskDataError(f"{path}: no rows")
     return rows
@@ -219,4 +220,4 @@ def named_task(name: str):
     try:
         return mteb.get_task(name)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"evaluate.tasks: {name!r} is not an MTEB task ({exc})") from None
+        raise ConfigError(f"evaluate.tasks: {name!r} is not an MTEB task ({exc})") from None

@@ -103,7 +103,7 @@ class EmbedforgeModel(AbsEncoder):
         keys = [text_hash(t) for t in texts]
         found = cache.get_many(keys)
         todo: dict[str, str] = {}
-        for k, t in zip(keys, texts):
+        for k, t in zip(keys, texts, strict=True):
             if k not in found and k not in todo:
                 todo[k] = t
         todo_keys, todo_texts = list(todo), list(todo.values())

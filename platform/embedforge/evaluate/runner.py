@@ -1,0 +1,95 @@
+"""``run(cfg)``: evaluate ``cfg.model`` (backbone + optional adapter) and the configured baselines on
+every task, then write mteb's result JSON per task and one summary (markdown, JSON, bar chart).
+
+Every task's files are read and validated before any model is loaded, and results are written to a
+staging folder that replaces the output only when every model finished every task: a failure never
+leaves a partial result behind as if it were one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from embedforge.evaluate.backends import ModelSpec
+from embedforge.evaluate.summary import summary_table, write_summary
+from embedforge.evaluate.tasks import local_task, named_task
+from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
+from embedforge.section import ConfigError
+
+
+def build_tasks(ecfg) -> list:
+    if not ecfg.tasks and not ecfg.local_tasks:
+        raise ConfigError("evaluate: no tasks configured; give MTEB task names in evaluate.tasks "
+                          "and/or folders in evaluate.local_tasks (kind: beir|sts|classification, path, name)")
+    return [named_task(n) for n in ecfg.tasks] + [local_task(t) for t in ecfg.local_tasks]
+
+
+def _paths(cfg) -> tuple[Path, str | None]:
+    ecfg = cfg.evaluate
+    out = Path(ecfg.output_dir) if ecfg.output_dir else cfg.run.dir / "evaluate"
+    if ecfg.cache_dir is None:
+        cache = str(cfg.run.dir / "embedding_cache")
+    else:
+        cache = ecfg.cache_dir or None
+    return out, cache
+
+
+def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
+    """(label, spec, use_instructions): the configured model first, then baselines that name a model."""
+    ecfg = cfg.evaluate
+    runs = [(cfg.run.name, ModelSpec.from_model_config(cfg.model, ecfg.batch_size), ecfg.use_instructions)]
+    for name, b in ecfg.baselines.items():
+        if b.model is not None:
+            spec = ModelSpec(backbone=b.model, max_length=cfg.model.max_length, dtype=cfg.model.dtype,
+                             batch_tokens=cfg.model.batch_tokens, device=cfg.model.device, batch_size=ecfg.batch_size,
+                             pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+            runs.append((name, spec, b.instructions))
+    return runs
+
+
+def run(cfg) -> dict:
+    ecfg = cfg.evaluate
+    out_dir, cache_dir = _paths(cfg)
+    tasks = build_tasks(ecfg)
+    runs = models_to_run(cfg)
+    for _label, spec, _ in runs:
+        spec.resolved_path()  # a missing model path fails here, before any encoding
+    import mteb
+
+    shard = ShardSettings(threshold=ecfg.shard_threshold, retrieval_corpus=ecfg.shard_retrieval_corpus,
+                          num_actors=ecfg.num_actors, cpus_per_actor=ecfg.cpus_per_actor,
+                          gpus_per_actor=ecfg.gpus_per_actor, batch_size=ecfg.ray_batch_size)
+    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    main_scores: dict[str, dict[str, float]] = {}
+    stats: dict[str, dict] = {}
+    try:
+        for label, spec, use_instr in runs:
+            model = EmbedforgeModel(spec, label, use_instructions=use_instr, instruction_overrides=ecfg.instructions,
+                                    cache_dir=cache_dir, shard=shard)
+            main_scores[label] = {}
+            t0 = time.time()
+            for task in tasks:
+                result = mteb.evaluate(model, task, cache=None, overwrite_strategy="always",
+                                       show_progress_bar=False, raise_error=True)
+                task_result = result.task_results[0]
+                task_result.to_disk(staging / "results" / label / f"{task.metadata.name}.json")
+                main_scores[label][task.metadata.name] = float(task_result.get_score())
+            stats[label] = {"texts": model.stats.texts, "cache_hits": model.stats.cache_hits,
+                            "encoded_local": model.stats.encoded_local, "encoded_ray": model.stats.encoded_ray,
+                            "seconds": round(time.time() - t0, 2), "fingerprint": model.fingerprint}
+        score_names = {t.metadata.name: t.metadata.main_score for t in tasks}
+        published = {n: b.published for n, b in ecfg.baselines.items() if b.published}
+        table = summary_table(main_scores, score_names, published)
+        files = write_summary(staging, table, {"encode_stats": stats})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    files = {k: str(out_dir / Path(v).name) for k, v in files.items()}
+    return {"output_dir": str(out_dir), "scores": main_scores, "summary": files, "encode_stats": stats,
+            "results_dir": str(out_dir / "results")}
