@@ -1,7 +1,71 @@
+"""The Ray Serve embedding endpoint (OpenAI-compatible /v1/embeddings): its config section.
+
+The served model itself is the root config's ``model`` section; this section says how it is served.
+API keys are never part of the config: only the name of the environment variable and the path of a
+file that hold them.
+"""
+
 from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
 
 from embedforge.section import Section
 
 
+class AutoscalingConfig(Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    # Ray Serve adds replicas when the mean number of requests in flight per replica exceeds this.
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ActorOptions(Section):
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
 class ServeConfig(Section):
-    """Filled by the serving stage."""
+    # Name reported in responses and /v1/models, and the only `model` value requests may name;
+    # empty: derived from model.backbone (its alias, or the directory's name).
+    model_name: str = ""
+    app_name: str = "embedforge"
+    route_prefix: str = "/"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # OpenAI allows 2048 inputs per request.
+    max_inputs: int = Field(2048, ge=1)
+    # Padded tokens (rows x longest row) one @serve.batch call may hold across concurrent requests;
+    # must be at least model.max_length so any single input fits.
+    max_batch_tokens: int = Field(16384, ge=2)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    # Over-long inputs: false -> 400 naming the limit; true -> cut to model.max_length like offline encode.
+    truncate: bool = False
+    # API keys (Bearer). Both empty or unset -> no auth. Keys are comma/newline separated.
+    api_key_env: str = "EMBEDFORGE_API_KEYS"
+    api_key_file: str | None = None
+    # Torch intra-op threads per replica; 0 -> all CPUs the node has (Ray sets 1 otherwise).
+    torch_threads: int = Field(0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_wait_loop_s: float = Field(2.0, ge=0)
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/', got {v!r}")
+        return v

@@ -1,0 +1,146 @@
+"""The Ray Serve application: a FastAPI-ingress deployment built by ``build_app(args)``.
+
+``serve run serve/config.yaml`` / ``serve deploy`` call ``build_app`` with the YAML's ``args``;
+``embedforge serve`` (``runner.run``) calls it with the loaded config. ``args`` may be an
+``EmbedforgeConfig`` or a dict with an optional ``config`` (YAML path), ``overrides`` (``a.b=c``
+strings) and inline sections (``model:``, ``serve:``) merged on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from embedforge.serving.batching import padded_tokens
+from embedforge.serving.service import create_app, encode_chunks
+
+log = logging.getLogger(__name__)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_args(args: Any = None):
+    """An ``EmbedforgeConfig`` from a config object or the ``args`` dict of a Serve config file."""
+    from pydantic import ValidationError
+
+    from embedforge.config import ConfigError, EmbedforgeConfig, format_validation_error, load_config
+
+    if isinstance(args, EmbedforgeConfig):
+        cfg = args
+    else:
+        args = dict(args or {})
+        path = args.pop("config", None)
+        overrides = args.pop("overrides", None) or []
+        if not isinstance(overrides, list):
+            raise ConfigError("serve app args: 'overrides' must be a list of 'a.b=c' strings")
+        base = load_config(path, overrides)
+        try:
+            cfg = EmbedforgeConfig.model_validate(_deep_merge(base.model_dump(mode="json"), args))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, EmbedforgeConfig, "serve app args")) from None
+    check_serving_config(cfg)
+    return cfg
+
+
+def check_serving_config(cfg) -> None:
+    from embedforge.config import ConfigError
+
+    if cfg.serve.max_batch_tokens < cfg.model.max_length:
+        raise ConfigError(f"serve.max_batch_tokens ({cfg.serve.max_batch_tokens}) must be >= model.max_length "
+                          f"({cfg.model.max_length}) so that any single input fits in a batch")
+
+
+def served_model_name(cfg) -> str:
+    from embedforge.serving.model import default_model_name
+
+    return cfg.serve.model_name or default_model_name(cfg.model.backbone)
+
+
+@serve.deployment(name="EmbeddingDeployment")
+@serve.ingress()
+class EmbeddingDeployment:
+    """One replica: the model, the batch queue, the FastAPI app (built late, around this replica's state)."""
+
+    def __init__(self, config: dict, key_digests: list[str]):
+        import torch
+
+        from embedforge.config import EmbedforgeConfig
+        from embedforge.serving.metrics import RayMetrics
+        from embedforge.serving.model import load_encoder
+        from embedforge.serving.service import EmbeddingService
+
+        cfg = EmbedforgeConfig.model_validate(config)
+        # Ray pins OMP threads to the actor's num_cpus (1 by default); the model should use the node's cores.
+        torch.set_num_threads(cfg.serve.torch_threads or os.cpu_count() or 1)
+        self.cfg = cfg
+        self.encoder = load_encoder(cfg.model)
+        self.batch_tokens = min(cfg.model.batch_tokens, cfg.serve.max_batch_tokens)
+        name = served_model_name(cfg)
+        self.metrics = RayMetrics(name)
+        self._encode_batch.set_max_batch_size(cfg.serve.max_batch_tokens)
+        self._encode_batch.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
+        self.service = EmbeddingService(self.encoder, name, cfg.serve, key_digests,
+                                        encode_chunk=self._encode_batch, metrics=self.metrics)
+        log.info("serving %s (dim %d, max_length %d, auth %s)", name, self.encoder.dim, self.encoder.max_length,
+                 "on" if key_digests else "off")
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.service)
+
+    # max_batch_size is the padded-token budget (set from config in __init__); each item is one
+    # request's chunk, sized by padded_tokens so a batch never exceeds the budget.
+    @serve.batch(max_batch_size=16384, batch_wait_timeout_s=0.005, batch_size_fn=padded_tokens)
+    async def _encode_batch(self, chunks: list[list[list[int]]]):
+        self.metrics.record_batch(sum(len(c) for c in chunks), padded_tokens(chunks))
+        # The forward pass runs in a thread so the replica keeps accepting requests (and the next batch fills).
+        return await asyncio.to_thread(encode_chunks, self.encoder, chunks, self.batch_tokens)
+
+    async def check_health(self) -> None:
+        await self.service.check_health(timeout_s=self.cfg.serve.health_check_timeout_s)
+
+    def stats(self) -> dict:
+        """This replica's counters (through a deployment handle; Prometheus has the same series)."""
+        return {**self.metrics.snapshot(), "max_batch_tokens": self.cfg.serve.max_batch_tokens, "pid": os.getpid()}
+
+
+def deployment_options(serve_cfg) -> dict:
+    a = serve_cfg.autoscaling
+    return {
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "initial_replicas": max(a.min_replicas, 1),
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+        },
+        "max_ongoing_requests": serve_cfg.max_ongoing_requests,
+        "ray_actor_options": serve_cfg.ray_actor_options.model_dump(),
+        "health_check_period_s": serve_cfg.health_check_period_s,
+        "health_check_timeout_s": serve_cfg.health_check_timeout_s,
+        "graceful_shutdown_wait_loop_s": serve_cfg.graceful_shutdown_wait_loop_s,
+        "graceful_shutdown_timeout_s": serve_cfg.graceful_shutdown_timeout_s,
+    }
+
+
+def build_app(args: Any = None) -> Application:
+    """The Serve application for a config (or a Serve config file's ``args``); API keys read here."""
+    from embedforge.serving.auth import load_key_digests
+
+    cfg = config_from_args(args)
+    digests = load_key_digests(cfg.serve.api_key_env, cfg.serve.api_key_file)
+    deployment = EmbeddingDeployment.options(**deployment_options(cfg.serve))
+    return deployment.bind(cfg.model_dump(mode="json"), digests)

@@ -1,0 +1,32 @@
+"""``embedforge serve``: start the endpoint on Ray Serve and block until interrupted."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+def run(cfg, block: bool = True) -> dict:
+    from ray import serve
+
+    from embedforge.ray_utils import init_ray
+    from embedforge.serving.app import build_app, served_model_name
+
+    app = build_app(cfg)  # validates config and reads API keys before touching Ray
+    init_ray()
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
+    prefix = cfg.serve.route_prefix.rstrip("/")
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{prefix}/v1"
+    print(f"embedforge: serving {served_model_name(cfg)!r} at {url} (Ctrl-C stops)", flush=True)
+    info = {"url": url, "model": served_model_name(cfg), "app": cfg.serve.app_name}
+    if not block:
+        return info
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        serve.delete(cfg.serve.app_name)
+    return info

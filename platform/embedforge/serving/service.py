@@ -1,0 +1,227 @@
+"""The endpoint's logic and its FastAPI app, independent of Ray.
+
+``EmbeddingService`` turns a validated request into vectors: instruction resolution, tokenisation
+with the model's length limit, token-budget chunks handed to an ``encode_chunk`` coroutine (Ray's
+``@serve.batch`` method in a replica; a direct thread call in tests), dimensions and encoding.
+``create_app`` wraps it in FastAPI with OpenAI's error shape and optional Bearer keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from embedforge.prompts import eos_token_id, format_query, tokenize_with_eos
+from embedforge.serving.auth import key_is_valid
+from embedforge.serving.batching import split_for_budget
+from embedforge.serving.metrics import CountingMetrics
+from embedforge.serving.protocol import (
+    APIError,
+    EmbeddingRequest,
+    check_dimensions,
+    check_token_ids,
+    embeddings_response,
+    error_body,
+    parse_input,
+    truncate_dimensions,
+    validation_error_to_api_error,
+)
+
+log = logging.getLogger(__name__)
+
+EncodeChunk = Callable[[list[list[int]]], Awaitable[np.ndarray]]
+HEALTH_TEXT = "embedforge health check"
+
+
+def encode_chunks(encoder, chunks: Sequence[Sequence[Sequence[int]]], batch_tokens: int) -> list[np.ndarray]:
+    """One batch of chunks (from many requests) -> one array per chunk; length-sorted inside."""
+    flat = [seq for chunk in chunks for seq in chunk]
+    vectors = encoder.encode_ids(flat, batch_tokens=batch_tokens, show_progress=False)
+    out, start = [], 0
+    for chunk in chunks:
+        out.append(vectors[start:start + len(chunk)])
+        start += len(chunk)
+    return out
+
+
+class EmbeddingService:
+    def __init__(self, encoder, model_name: str, serve_cfg, key_digests: Sequence[str] = (),
+                 encode_chunk: EncodeChunk | None = None, metrics: CountingMetrics | None = None):
+        self.encoder = encoder
+        self.tokenizer = encoder.tokenizer
+        self.model_name = model_name
+        self.cfg = serve_cfg
+        self.key_digests = list(key_digests)
+        self.metrics = metrics or CountingMetrics()
+        self.max_length = int(encoder.max_length)
+        self.vocab_size = int(getattr(encoder.model.config, "vocab_size", 0) or len(self.tokenizer))
+        self.eos = eos_token_id(self.tokenizer)
+        self.dim = int(encoder.dim)
+        self.budget = int(serve_cfg.max_batch_tokens)
+        self.created = int(time.time())
+        self.encode_chunk = encode_chunk or self._encode_chunk_in_thread
+        self._lock = asyncio.Lock()
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.key_digests)
+
+    async def _encode_chunk_in_thread(self, chunk: list[list[int]]) -> np.ndarray:
+        async with self._lock:
+            return (await asyncio.to_thread(encode_chunks, self.encoder, [chunk], self.budget))[0]
+
+    # -- request -> token sequences -------------------------------------------------------------
+    def resolve_instruction(self, req: EmbeddingRequest) -> str | None:
+        if req.instruction is not None and req.task is not None:
+            raise APIError(400, "give either 'instruction' or 'task', not both", "task", "conflicting_fields")
+        if req.task is not None:
+            from embedforge.instructions import instruction_for
+
+            try:
+                return instruction_for(req.task)
+            except KeyError as exc:
+                raise APIError(400, str(exc.args[0]), "task", "unknown_task") from None
+        return req.instruction
+
+    def _fit(self, ids: list[int], index: int, retokenize: Callable[[], list[int]]) -> list[int]:
+        """Apply the model's length limit: ``max_length - 1`` tokens, then EOS (as offline encode does)."""
+        limit = self.max_length - 1
+        if len(ids) > limit:
+            if not self.cfg.truncate:
+                raise APIError(400, f"'input[{index}]' is {len(ids)} tokens long; this model accepts at most "
+                                    f"{limit} tokens per input (max_length {self.max_length}, the end-of-sequence "
+                                    "token included)", "input", "context_length_exceeded")
+            return retokenize()
+        if not ids or ids[-1] != self.eos:
+            ids = ids + [self.eos]
+        return ids
+
+    def sequences_for(self, req: EmbeddingRequest) -> list[list[int]]:
+        parsed = parse_input(req.input, self.cfg.max_inputs)
+        instruction = self.resolve_instruction(req)
+        if parsed.token_arrays is not None:
+            if instruction:
+                raise APIError(400, "an instruction or task applies to text inputs only; send text, or tokenize "
+                                    "'Instruct: ...\\nQuery: ...' yourself", "instruction", "instruction_with_tokens")
+            check_token_ids(parsed.token_arrays, self.vocab_size)
+            limit = self.max_length - 1
+            return [self._fit(ids, i, lambda ids=ids: ids[:limit] + ([] if ids[limit - 1] == self.eos else [self.eos]))
+                    for i, ids in enumerate(parsed.token_arrays)]
+        texts = [format_query(t, instruction) for t in parsed.texts]
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False,
+                                 return_attention_mask=False)["input_ids"]
+        return [
+            self._fit(list(ids), i, lambda t=t: tokenize_with_eos(self.tokenizer, [t], self.max_length)[0])
+            for i, (t, ids) in enumerate(zip(texts, encoded, strict=True))
+        ]
+
+    # -- the endpoint ------------------------------------------------------------------------------
+    async def embed(self, req: EmbeddingRequest) -> dict:
+        if req.model != self.model_name:
+            raise APIError(404, f"model {req.model!r} is not served here; this endpoint serves {self.model_name!r}",
+                           "model", "model_not_found")
+        check_dimensions(req.dimensions, self.dim)
+        sequences = self.sequences_for(req)
+        vectors = await self.encode(sequences)
+        vectors = truncate_dimensions(vectors, req.dimensions)
+        tokens = sum(len(s) for s in sequences)
+        self.metrics.record_request(200, len(sequences), tokens)
+        return embeddings_response(vectors, req.encoding_format, self.model_name, tokens)
+
+    async def encode(self, sequences: list[list[int]]) -> np.ndarray:
+        groups = split_for_budget(sequences, self.budget)
+        results = await asyncio.gather(*(self.encode_chunk([sequences[i] for i in g]) for g in groups))
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        for g, vecs in zip(groups, results, strict=True):
+            out[g] = vecs
+        return out
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "embedforge"}]}
+
+    async def check_health(self, timeout_s: float = 30.0) -> None:
+        """A real tiny encode (bypassing the batch queue); raises when the model cannot embed."""
+        vec = await asyncio.wait_for(
+            asyncio.to_thread(self.encoder.encode, [HEALTH_TEXT], None, None, False), timeout_s)
+        if vec.shape != (1, self.dim) or not np.all(np.isfinite(vec)):
+            raise RuntimeError(f"health encode returned shape {vec.shape} with non-finite values")
+        if self.encoder.normalize and not math.isclose(float(np.linalg.norm(vec)), 1.0, abs_tol=1e-3):
+            raise RuntimeError("health encode returned a vector that is not unit length")
+
+
+def _error_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(service: EmbeddingService) -> FastAPI:
+    app = FastAPI(title="embedforge embeddings", version="1",
+                  description="OpenAI-compatible text embeddings (POST /v1/embeddings).")
+    bearer = HTTPBearer(auto_error=False, description="An API key, when the server is configured with keys.")
+
+    def record(request: Request, status: int) -> None:
+        if request.url.path.endswith("/v1/embeddings"):
+            service.metrics.record_request(status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        record(request, exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error_response(exc.status, exc.body(), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        err = validation_error_to_api_error(list(exc.errors()))
+        record(request, err.status)
+        return _error_response(err.status, err.body())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        record(request, exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error_response(exc.status_code, error_body(str(exc.detail), kind, None, code))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        log.exception("embedding request failed")
+        record(request, 500)
+        return _error_response(500, error_body("internal server error; see the replica's log", "server_error",
+                                               None, "internal_error"))
+
+    async def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not service.auth_required:
+            return
+        token = creds.credentials if creds is not None else None
+        if not key_is_valid(token, service.key_digests):
+            msg = "missing API key: send 'Authorization: Bearer <key>'" if token is None else "invalid API key"
+            raise APIError(401, msg, None, "invalid_api_key")
+
+    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    async def create_embeddings(req: EmbeddingRequest):
+        return JSONResponse(await service.embed(req))
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def list_models():
+        return service.models()
+
+    @app.get("/health")
+    async def health():
+        try:
+            await service.check_health()
+        except Exception as exc:  # any failure of the model means unhealthy, never a crash
+            log.warning("health check failed: %s", exc)
+            return _error_response(503, error_body(f"unhealthy: {exc}", "server_error", None, "unhealthy"))
+        return {"status": "ok", "model": service.model_name}
+
+    return app
