@@ -9,8 +9,9 @@ from __future__ import annotations
 from embedforge.train.config import TrainConfig
 
 
-def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
-    """AdamW (torch's, so CPU workers need no compiled op), linear warmup then linear decay to 0."""
+def deepspeed_config(train: TrainConfig) -> dict:
+    """AdamW (torch's, so CPU workers need no compiled op); the schedule is ``lr_schedule`` (a client
+    scheduler: DeepSpeed's WarmupDecayLR refuses ``warmup_num_steps=0``)."""
     ds = train.deepspeed
     zero: dict = {"stage": ds.stage}
     if ds.stage == 3:
@@ -20,8 +21,6 @@ def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": train.use_gpu}
         if ds.stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": train.use_gpu}
-    # WarmupDecayLR divides by (total - warmup): keep at least one decay step.
-    total = max(int(total_steps), train.warmup_steps + 1)
     config = {
         "train_micro_batch_size_per_gpu": train.local_batch_size,
         "gradient_accumulation_steps": 1,
@@ -31,11 +30,6 @@ def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
             "type": "AdamW",
             "params": {"lr": train.lr, "weight_decay": train.weight_decay, "betas": [0.9, 0.999],
                        "eps": 1e-8, "torch_adam": True},
-        },
-        "scheduler": {
-            "type": "WarmupDecayLR",
-            "params": {"total_num_steps": total, "warmup_num_steps": train.warmup_steps,
-                       "warmup_type": "linear", "warmup_min_lr": 0.0, "warmup_max_lr": train.lr},
         },
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
@@ -52,8 +46,18 @@ def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
-    """The learning rate the generated schedule gives after ``step`` optimizer steps (for checks)."""
+    """Linear warmup from 0 over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
     total = max(int(total_steps), warmup_steps + 1)
     if step < warmup_steps:
         return lr * step / warmup_steps
     return lr * max(0.0, (total - step) / (total - warmup_steps))
+
+
+def lr_schedule(train: TrainConfig, total_steps: int):
+    """A callable DeepSpeed turns into the client scheduler: ``optimizer -> LambdaLR``."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    def make(optimizer):
+        return LambdaLR(optimizer, lambda step: lr_at(step, 1.0, train.warmup_steps, total_steps))
+
+    return make

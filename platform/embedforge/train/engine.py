@@ -1,0 +1,44 @@
+"""DeepSpeed engine setup and one optimizer step of contrastive training."""
+
+from __future__ import annotations
+
+import torch
+
+from embedforge.train.config import TrainConfig
+from embedforge.train.ds_config import deepspeed_config, lr_schedule
+from embedforge.train.gradcache import DeepSpeedBackward, contrastive_backward
+
+
+def init_engine(model, train: TrainConfig, total_steps: int):
+    """``deepspeed.initialize`` on the LoRA model with the generated config (the process group exists)."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=params, config=deepspeed_config(train),
+        lr_scheduler=lr_schedule(train, total_steps),
+    )
+    return engine, scheduler
+
+
+def engine_device(engine) -> torch.device:
+    return torch.device(engine.device) if not isinstance(engine.device, torch.device) else engine.device
+
+
+def train_step(engine, local: dict, pad_id: int, train: TrainConfig, pooling: str = "last_token") -> dict:
+    """Forward/backward of this worker's slice of a global batch, then one optimizer step.
+
+    Returns the step's loss averaged over workers, the learning rate used, and the gradient norm.
+    """
+    lr = engine.get_lr()[0] if engine.lr_scheduler is not None else train.lr
+    loss = contrastive_backward(
+        engine, local, pad_id, train.temperature, train.chunk_size, DeepSpeedBackward(engine),
+        pooling=pooling, device=engine_device(engine),
+    )
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    mean_loss = loss.detach().float().clone()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(mean_loss)
+        mean_loss /= torch.distributed.get_world_size()
+    return {"loss": float(mean_loss), "lr": float(lr), "grad_norm": float(norm) if norm is not None else float("nan")}
