@@ -68,7 +68,7 @@ class EmbeddingCache:
         if self._mem is None:
             self._mem = {}
             if self.dir is not None and self.dir.is_dir():
-                for shard in sorted(self.dir.glob("*.npz")):
+                for shard in self._shards():
                     with np.load(shard) as z:
                         for k, v in zip(z["keys"].tolist(), z["vecs"], strict=True):
                             self._mem[k] = v
@@ -94,9 +94,16 @@ class EmbeddingCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
-        tmp = self.dir / f".{name}.tmp.npz"
-        np.savez(tmp, keys=np.asarray(list(keys)), vecs=vecs)
+        tmp = self.dir / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.asarray(list(keys)), vecs=vecs)
         os.replace(tmp, self.dir / f"{name}.npz")
 
+    def _shards(self) -> list[Path]:
+        # pathlib's glob also matches dot-files: skip in-flight temporaries explicitly.
+        if self.dir is None or not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.glob("*.npz") if not p.name.startswith("."))
+
     def shard_count(self) -> int:
-        return len(list(self.dir.glob("*.npz"))) if self.dir is not None and self.dir.is_dir() else 0
+        return len(self._shards())

@@ -94,7 +94,7 @@ def encode_sharded(
         fn_constructor_kwargs={"spec": spec, "instruction": instruction, "num_threads": max(1, int(cpus))},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=num_actors,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus,
         num_gpus=gpus_per_actor or None,
     )

@@ -1,0 +1,258 @@
+"""Evaluation stage, without a Ray cluster: readers and their errors, instructions, cache, id join,
+the mteb wrapper over a tiny random model, summary files, config validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedforge.config import load_config
+from embedforge.evaluate.cache import EmbeddingCache, model_fingerprint, namespace_key, text_hash
+from embedforge.evaluate.config import EvaluateConfig, LocalTaskConfig
+from embedforge.evaluate.sharded import join_by_id, length_sorted_rows
+from embedforge.evaluate.summary import summary_table, to_markdown, write_summary
+from embedforge.evaluate.tasks import TaskDataError, local_task, read_beir, read_classification, read_sts
+from embedforge.evaluate.wrapper import task_instruction
+from embedforge.section import ConfigError
+
+
+def write_beir(folder: Path, docs=None, queries=None, qrels=None, split="test") -> Path:
+    docs = docs if docs is not None else [{"_id": "d1", "title": "Cats", "text": "Cats purr."},
+                                          {"_id": "d2", "title": "", "text": "Stocks fell."}]
+    queries = queries if queries is not None else [{"_id": "q1", "text": "what sound do cats make"},
+                                                   {"_id": "q2", "text": "unjudged query"}]
+    qrels = qrels if qrels is not None else [("q1", "d1", 1)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "qrels" / f"{split}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    return folder
+
+
+# ------------------------------------------------------------------------------------- readers
+
+
+def test_read_beir_keeps_judged_queries_only(tmp_path):
+    data = read_beir(write_beir(tmp_path / "t"), "test")
+    assert set(data["corpus"]) == {"d1", "d2"}
+    assert data["queries"] == {"q1": "what sound do cats make"}
+    assert data["relevant_docs"] == {"q1": {"d1": 1}}
+
+
+@pytest.mark.parametrize("missing", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"])
+def test_beir_missing_file_is_named(tmp_path, missing):
+    folder = write_beir(tmp_path / "t")
+    (folder / missing).unlink()
+    with pytest.raises(TaskDataError, match=f"missing file: .*{missing}"):
+        read_beir(folder, "test")
+
+
+def test_qrels_unknown_ids_name_file_and_line(tmp_path):
+    folder = write_beir(tmp_path / "t", qrels=[("q1", "d1", 1), ("q1", "d9", 1)])
+    with pytest.raises(TaskDataError, match=r"qrels/test.tsv:3: corpus-id 'd9' is not in corpus.jsonl"):
+        read_beir(folder, "test")
+    folder = write_beir(tmp_path / "u", qrels=[("q7", "d1", 1)])
+    with pytest.raises(TaskDataError, match=r"qrels/test.tsv:2: query-id 'q7' is not in queries.jsonl"):
+        read_beir(folder, "test")
+
+
+def test_empty_corpus_and_bad_json_are_errors(tmp_path):
+    folder = write_beir(tmp_path / "t", docs=[])
+    with pytest.raises(TaskDataError, match=r"corpus.jsonl: no documents"):
+        read_beir(folder, "test")
+    folder = write_beir(tmp_path / "u")
+    with open(folder / "corpus.jsonl", "a") as fh:
+        fh.write('{"_id": "d3", "text": \n')
+    with pytest.raises(TaskDataError, match=r"corpus.jsonl:3: not valid JSON"):
+        read_beir(folder, "test")
+
+
+def test_sts_reader_and_errors(tmp_path):
+    (tmp_path / "test.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t4.5\nc\td\tfive\n")
+    with pytest.raises(TaskDataError, match=r"test.tsv:3: score 'five' is not a number"):
+        read_sts(tmp_path, "test")
+    (tmp_path / "test.tsv").write_text("sentence1\tscore\na\t1\n")
+    with pytest.raises(TaskDataError, match=r"test.tsv:1: header lacks column\(s\) sentence2"):
+        read_sts(tmp_path, "test")
+    (tmp_path / "test.tsv").write_text('sentence1\tsentence2\tscore\n"a\ttab"\tb\t1\n')
+    assert read_sts(tmp_path, "test") == [{"sentence1": "a\ttab", "sentence2": "b", "score": 1.0}]
+
+
+def test_classification_reader_checks_labels(tmp_path):
+    (tmp_path / "train.tsv").write_text("text\tlabel\nhi\tgreet\nbye\tleave\n")
+    (tmp_path / "test.tsv").write_text('text\tlabel\n"multi\nline"\tgreet\n')
+    data = read_classification(tmp_path, "test")
+    assert data["test"] == [{"text": "multi\nline", "label": "greet"}]
+    (tmp_path / "test.tsv").write_text("text\tlabel\nhmm\tconfused\n")
+    with pytest.raises(TaskDataError, match="labels not in train.tsv: confused"):
+        read_classification(tmp_path, "test")
+
+
+def test_local_task_keeps_mteb_metadata_for_known_names(tmp_path):
+    (tmp_path / "test.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t4.5\nc\td\t1\n")
+    task = local_task(LocalTaskConfig(kind="sts", path=str(tmp_path), name="STSBenchmark"))
+    from mteb.tasks.sts.eng.sts_benchmark_sts import STSBenchmarkSTS
+
+    assert isinstance(task, STSBenchmarkSTS)
+    assert task.metadata.main_score == "cosine_spearman" and task.metadata.eval_splits == ["test"]
+    assert len(task.dataset["test"]) == 2
+    own = local_task(LocalTaskConfig(kind="beir", path=str(write_beir(tmp_path / "b")), name="MyHeldOut"))
+    assert own.metadata.type == "Retrieval" and own.metadata.main_score == "ndcg_at_10"
+    assert own.dataset["default"]["test"]["relevant_docs"] == {"q1": {"d1": 1}}
+
+
+# -------------------------------------------------------------------------------- instructions
+
+
+def test_instructions_by_side_and_task_type():
+    sci = "Given a scientific claim, retrieve documents that support or refute the claim"
+    assert task_instruction("SciFact", "Retrieval", "query") == sci
+    assert task_instruction("SciFact", "Retrieval", "document") is None
+    assert task_instruction("STSBenchmark", "STS", "query") == "Retrieve semantically similar text."
+    assert task_instruction("STSBenchmark", "STS", "document") == "Retrieve semantically similar text."
+    assert task_instruction("Banking77Classification", "Classification", None).startswith("Given a online banking")
+    assert task_instruction("SciFact", "Retrieval", "query", {"SciFact": "custom"}) == "custom"
+    with pytest.raises(KeyError, match="no instruction known for task 'MyTask'"):
+        task_instruction("MyTask", "Retrieval", "query")
+
+
+# ---------------------------------------------------------------------------------- cache / ids
+
+
+def test_cache_persists_across_instances_and_namespaces(tmp_path):
+    ns_a, ns_b = namespace_key("fp", "inst A"), namespace_key("fp", None)
+    assert ns_a != ns_b and ns_a == namespace_key("fp", "inst A")
+    cache = EmbeddingCache(tmp_path, ns_a)
+    keys = [text_hash("x"), text_hash("y")]
+    cache.put_many(keys, np.array([[1, 0], [0, 1]], dtype=np.float32))
+    (tmp_path / ns_a / ".junk.tmp").write_bytes(b"half-written")  # a killed writer's leftover
+    again = EmbeddingCache(tmp_path, ns_a)
+    assert len(again) == 2 and np.allclose(again.get_many([keys[1]])[keys[1]], [0, 1])
+    assert EmbeddingCache(tmp_path, ns_b).get_many(keys) == {}
+    with pytest.raises(ValueError, match="2 keys but 1 vectors"):
+        cache.put_many(keys, np.zeros((1, 2)))
+
+
+def test_fingerprint_follows_files_and_settings(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    fp = model_fingerprint(str(tmp_path), pooling="last_token")
+    assert fp == model_fingerprint(str(tmp_path), pooling="last_token")
+    assert fp != model_fingerprint(str(tmp_path), pooling="mean")
+    (tmp_path / "model.safetensors").write_bytes(b"123")
+    assert fp != model_fingerprint(str(tmp_path), pooling="last_token")
+
+
+def test_join_by_id_ignores_row_order():
+    vecs = np.arange(10, dtype=np.float32).reshape(5, 2)
+    batches = [(np.array([4, 0]), vecs[[4, 0]]), (np.array([2, 1, 3]), vecs[[2, 1, 3]])]
+    assert np.array_equal(join_by_id(5, None, batches), vecs)
+    with pytest.raises(RuntimeError, match="1 of 5 texts came back without an embedding"):
+        join_by_id(5, None, batches[:1] + [(np.array([2, 1]), vecs[[2, 1]])])
+    with pytest.raises(ValueError, match="id 0 encoded twice"):
+        join_by_id(5, None, batches + [(np.array([0]), vecs[[0]])])
+
+
+def test_length_sorted_rows_keep_ids():
+    rows = length_sorted_rows(["aa", "a", "aaaa"])
+    assert [r["id"] for r in rows] == [2, 0, 1] and rows[0]["text"] == "aaaa"
+
+
+# ------------------------------------------------------------------------------ mteb wrapper
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama, tiny_tokenizer):
+    d = tmp_path / "tiny"
+    tiny_llama.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return str(d)
+
+
+def test_wrapper_applies_instructions_and_caches(tmp_path, tiny_model_dir):
+    import mteb
+    from mteb._create_dataloaders import _create_dataloader_from_texts
+    from mteb.models import EncoderProtocol
+
+    from embedforge.evaluate.backends import ModelSpec
+    from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
+
+    spec = ModelSpec(backbone=tiny_model_dir, max_length=32, batch_size=4)
+    local_only = ShardSettings(retrieval_corpus=False)  # no Ray in the unit tier
+    model = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"), shard=local_only)
+    assert isinstance(model, EncoderProtocol)
+    assert model.mteb_model_meta.name == "test/tiny" and model.mteb_model_meta.embed_dim == model.backend.dim
+    meta = mteb.get_task("SciFact").metadata
+    texts = ["a claim about cells", "another claim", "a claim about cells"]
+    q = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
+                     hf_subset="default", prompt_type="query")
+    d = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
+                     hf_subset="default", prompt_type="document")
+    enc = model.backend.encoder
+    sci = task_instruction("SciFact", "Retrieval", "query")
+    assert np.allclose(q, enc.encode(texts, instruction=sci), atol=1e-5)
+    assert np.allclose(d, enc.encode(texts), atol=1e-5)
+    assert not np.allclose(q, d)
+    assert model.stats.encoded_local == 4 and model.stats.cache_hits == 2  # duplicates encoded once
+    fresh = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"), shard=local_only)
+    again = fresh.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
+                         hf_subset="default", prompt_type="query")
+    assert fresh.stats.encoded == 0 and np.allclose(again, q)
+
+
+def test_missing_model_path_is_named(tmp_path):
+    from embedforge.evaluate.backends import ModelPathError, ModelSpec
+
+    with pytest.raises(ModelPathError, match="model path '/nonexistent/model' does not exist"):
+        ModelSpec(backbone="/nonexistent/model").fingerprint()
+
+
+# ------------------------------------------------------------------------------ summary/config
+
+
+def test_summary_files(tmp_path):
+    table = summary_table({"mine": {"T1": 0.5, "T2": 0.25}}, {"T1": "ndcg_at_10", "T2": "accuracy"},
+                          {"e5": {"T1": 0.75}})
+    assert table["columns"] == ["mine", "e5 (published)"]
+    assert table["rows"][1] == {"task": "T2", "metric": "accuracy", "mine": 0.25, "e5 (published)": None}
+    md = to_markdown(table)
+    assert "| T1 | ndcg_at_10 | 0.5000 | 0.7500 |" in md and "| T2 | accuracy | 0.2500 | – |" in md
+    files = write_summary(tmp_path, table)
+    assert Path(files["chart"]).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(Path(files["json"]).read_text())["rows"][0]["mine"] == 0.5
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match=r"evaluate.local_tasks.0.kind: Input should be 'beir', 'sts' or"):
+        load_config(None, [f"evaluate.local_tasks=[{{kind: csv, path: {tmp_path}, name: X}}]"])
+    with pytest.raises(ConfigError, match="task folder '/no/such/dir' does not exist"):
+        load_config(None, ["evaluate.local_tasks=[{kind: sts, path: /no/such/dir, name: X}]"])
+    with pytest.raises(ConfigError, match="repeated: SciFact"):
+        load_config(None, [f"evaluate.local_tasks=[{{kind: beir, path: {tmp_path}, name: SciFact}}]",
+                           "evaluate.tasks=[SciFact]"])
+    with pytest.raises(ConfigError, match="a baseline needs a model, published scores, or both"):
+        load_config(None, ["evaluate.baselines={x: {}}"])
+    assert EvaluateConfig().tasks == [] and EvaluateConfig().num_actors == 1
+
+
+def test_runner_rejects_no_tasks_and_bad_folders_before_loading_models(tmp_path):
+    from embedforge.evaluate.runner import run
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="no tasks configured"):
+        run(cfg)
+    folder = write_beir(tmp_path / "t")
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "evaluate.baselines={b: {model: /nonexistent/base}}",
+                             f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: T}}]"])
+    with pytest.raises(ConfigError, match="model path '/nonexistent/base' does not exist"):
+        run(cfg)
+    (folder / "qrels" / "test.tsv").unlink()
+    cfg = load_config(None, [f"run.output_dir={tmp_path}",
+                             f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: T}}]"])
+    with pytest.raises(TaskDataError, match=r"missing file: .*qrels/test.tsv"):
+        run(cfg)
+    assert not (tmp_path / "run" / "evaluate").exists()
