@@ -112,10 +112,12 @@ def _stream(requests, teachers, run_key, cfg):
     return build_dataset(requests, teachers, run_key, cfg.actors, cfg).iter_rows()
 
 
-def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, teachers, weights, run_key, run_seed) -> dict[str, list[str]]:
-    """Task definitions per brainstorm group, from the run dir or fresh brainstorm calls (then saved)."""
+def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, teachers, weights, run_key, run_seed):
+    """Task definitions per brainstorm group, from the run dir or fresh brainstorm calls (then saved),
+    and the records of the calls made now."""
     tasks: dict[str, list[str]] = {}
     pending: dict[str, dict] = {}
+    new_records: list[dict] = []
     for group, n in targets.items():
         template = load_template(group)
         if n <= 0 or not template.has_brainstorm:
@@ -152,7 +154,8 @@ def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, teachers, weights
             found = list(load_template(group).fallback_tasks)
         store.save_tasks(group, {"tasks": found, "fallback": fallback, "records": st["records"]})
         tasks[group] = found
-    return tasks
+        new_records += st["records"]
+    return tasks, new_records
 
 
 def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, run_seed) -> list[dict]:
@@ -200,7 +203,9 @@ def generate_synthetic(cfg, run_dir: Path) -> dict:
         weights = {t.name: t.weight for t in teachers}
         state = store.load()
         committer = Committer(store, gen, targets, state.records, state.kept_rows)
-        tasks = _brainstorm(store, gen, targets, teachers, weights, run_key, run_seed)
+        tasks, brainstorm_records = _brainstorm(store, gen, targets, teachers, weights, run_key, run_seed)
+        committer.records += brainstorm_records
+        committer.session += brainstorm_records
         bar = _progress(gen.num_rows, sum(committer.kept.values()), gen.progress)
         try:
             for _ in range(gen.max_rounds):

@@ -87,7 +87,9 @@ def response_format(mode: str, schema: dict, name: str = "output") -> dict | Non
     if mode == "json_schema":  # OpenAI, vLLM
         return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
     if mode == "json_object_schema":  # llama-cpp-python's server
-        return {"type": "json_object", "schema": schema}
+        # Its grammar honours minLength (OpenAI's strict mode does not take it): no empty strings.
+        props = {k: ({**v, "minLength": 1} if v.get("type") == "string" else v) for k, v in schema.get("properties", {}).items()}
+        return {"type": "json_object", "schema": {**schema, "properties": props}}
     return None
 
 
