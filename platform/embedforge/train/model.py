@@ -146,7 +146,8 @@ def save_sentence_transformers(
     merged_dir: str | Path, out_dir: str | Path, max_length: int, instructions: dict[str, str]
 ) -> Path:
     """A sentence-transformers directory: Transformer -> last-token Pooling -> Normalize."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".hf")
@@ -156,9 +157,9 @@ def save_sentence_transformers(
     tok.padding_side = "right"
     tok.save_pretrained(str(work))
     try:
-        transformer = models.Transformer(str(work), max_seq_length=max_length)
-        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
-        st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=query_prompts(instructions),
+        transformer = Transformer(str(work), max_seq_length=max_length)
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=query_prompts(instructions),
                                  device="cpu")
         st.save(str(out_dir))
     finally:

@@ -1,0 +1,126 @@
+"""The training data as Ray Data steps: read Parquet sources, drop invalid rows, mix by ratio,
+tokenize, and plan same-group global batches (one record per optimizer step).
+
+Every worker streams the *whole* batch dataset (``DataConfig(datasets_to_split=[])``) in the same
+order and takes its rank's slice of each global batch, so all workers agree on every step's batch,
+chunk count and negatives.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from embedforge.train.batching import (
+    REQUIRED_COLUMNS,
+    mix_counts,
+    plan_group_batches,
+    row_problem,
+    tokenize_rows,
+)
+from embedforge.train.config import TrainConfig
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the setting."""
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    from embedforge.models import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _rows(df: pd.DataFrame) -> dict:
+    return {c: df[c].tolist() for c in df.columns}
+
+
+def keep_valid(df: pd.DataFrame) -> pd.DataFrame:
+    batch = _rows(df)
+    n = len(df)
+    ok = [row_problem({c: batch[c][i] for c in batch}) is None for i in range(n)]
+    return df[ok].reset_index(drop=True)
+
+
+def tokenize_frame(df: pd.DataFrame, tokenizer_path: str, query_max_length: int, passage_max_length: int):
+    batch = _rows(df)
+    batch["negatives"] = [list(n) if n is not None else [] for n in batch["negatives"]]
+    batch["task"] = [t if isinstance(t, str) else "" for t in batch["task"]]
+    out = tokenize_rows(batch, _tokenizer(tokenizer_path), query_max_length, passage_max_length)
+    keep = ("id", "group", "positive_key", "query_ids", "positive_ids", "negative_ids")
+    return pd.DataFrame({k: out[k] for k in keep})
+
+
+def plan_frame(df: pd.DataFrame, global_batch_size: int, world_size: int, negatives_per_query: int, seed: int):
+    rows = df.to_dict("records")
+    for r in rows:
+        r["negative_ids"] = [list(n) for n in r["negative_ids"]]
+    records = plan_group_batches(rows, global_batch_size, world_size, negatives_per_query, seed)
+    columns = ("order", "group", "ids", "query_ids", "positive_ids", "negative_ids", "num_negatives")
+    return pd.DataFrame({c: [r[c] for r in records] for c in columns})
+
+
+def source_paths(train: TrainConfig, run_dir: Path) -> list[tuple[str, float, str]]:
+    """(path, ratio, config key) per source; the run's generated data when none is configured."""
+    if train.data:
+        return [(s.path, s.ratio, f"train.data[{i}].path") for i, s in enumerate(train.data)]
+    return [(str(run_dir / train.default_data_dir), 1.0, "train.default_data_dir")]
+
+
+def read_valid_rows(path: str, key: str):
+    """A materialized dataset of the valid rows of one source; errors name the setting."""
+    import ray.data
+
+    p = Path(path)
+    if not p.exists() or (p.is_dir() and not any(p.rglob("*.parquet"))):
+        raise DataError(f"{key}: no Parquet data at {path!r}")
+    ds = ray.data.read_parquet(str(p))
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.schema().names]
+    if missing:
+        raise DataError(f"{key}: {path!r} lacks columns {missing} (the row schema is embedforge.schema.COLUMNS)")
+    total = ds.count()
+    valid = ds.select_columns(list(REQUIRED_COLUMNS)).map_batches(keep_valid, batch_format="pandas").materialize()
+    return valid, total, valid.count()
+
+
+def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int):
+    """(materialized dataset of global-batch records sorted by step order, summary dict)."""
+
+    sources = source_paths(train, run_dir)
+    read = [read_valid_rows(path, key) for path, _, key in sources]
+    sizes = [n_valid for _, _, n_valid in read]
+    summary = {"sources": [{"path": p, "rows": t, "valid": v} for (p, _, _), (_, t, v) in zip(sources, read, strict=True)]}
+    if sum(sizes) == 0:
+        detail = "; ".join(f"{key}={path!r}: {t} rows, 0 valid" for (path, _, key), (_, t, _) in zip(sources, read, strict=True))
+        raise DataError(f"train.data: no valid training rows ({detail}); rows need id, query, positive and a known group")
+    counts = mix_counts(sizes, [r for _, r, _ in sources])
+    parts = []
+    for (ds, _, n_valid), want in zip(read, counts, strict=True):
+        if want == 0 or n_valid == 0:
+            continue
+        if want <= n_valid:
+            parts.append(ds.random_shuffle(seed=seed).limit(want))
+        else:
+            parts.append(ds.union(*[ds] * (-(-want // n_valid) - 1)).limit(want))
+    mixed = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    tokenized = mixed.map_batches(
+        tokenize_frame, batch_format="pandas",
+        fn_kwargs={"tokenizer_path": tokenizer_path, "query_max_length": train.query_max_length,
+                   "passage_max_length": train.passage_max_length},
+    )
+    batches = tokenized.groupby("group").map_groups(
+        plan_frame, batch_format="pandas",
+        fn_kwargs={"global_batch_size": train.global_batch_size, "world_size": train.num_workers,
+                   "negatives_per_query": train.negatives_per_query, "seed": seed},
+    ).sort("order").materialize()
+    steps = batches.count()
+    if steps == 0:
+        raise DataError(
+            f"train.global_batch_size: {sum(counts)} valid rows form no batch of >= {train.num_workers} rows "
+            "with distinct positives in one group"
+        )
+    summary.update(mixed_rows=sum(counts), steps_per_epoch=steps)
+    return batches, summary

@@ -1,0 +1,114 @@
+"""The Ray Train worker loop: DeepSpeed engine, resume, steps, reports, checkpoints, final outputs."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from embedforge.train.batching import count_tokens, worker_slice
+from embedforge.train.config import TrainConfig
+
+CHECKPOINT_TAG = "state"
+PROGRESS_FILE = "progress.json"
+
+
+def _order_id(order: str) -> int:
+    return int(order[:15], 16)
+
+
+def _check_aligned(order: str) -> None:
+    """Every worker must hold the same global batch (the same record of the unsplit dataset)."""
+    dist = torch.distributed
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    mine = torch.tensor([_order_id(order), -_order_id(order)], dtype=torch.long)
+    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    if mine[0].item() != -mine[1].item():
+        raise RuntimeError("workers disagree on the current global batch (dataset order not preserved)")
+
+
+def _global_sum(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+
+    from embedforge.prompts import pad_token_id
+    from embedforge.train.engine import init_engine, train_step
+    from embedforge.train.model import gathered_lora_state_dict, load_lora_model, save_adapter
+
+    train = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    if world_size != train.num_workers:
+        raise RuntimeError(f"expected {train.num_workers} workers, got {world_size}")
+    deepspeed.init_distributed(dist_backend="nccl" if train.use_gpu else "gloo")
+    out_dir = Path(config["out_dir"])
+    from embedforge.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config["backbone_path"])
+    pad = pad_token_id(tokenizer)
+    model = load_lora_model(config["backbone_path"], train.lora, "float32", train.gradient_checkpointing)
+    total_steps = int(config["total_steps"])
+    engine, _ = init_engine(model, train, total_steps)
+
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
+            start_step = json.loads((Path(d) / PROGRESS_FILE).read_text())["step"]
+    metrics_path = out_dir / "metrics.jsonl"
+    shard = ray.train.get_dataset_shard("train")
+
+    step = 0
+    for epoch in range(train.epochs):
+        if step >= total_steps:
+            break
+        for record in shard.iter_rows():
+            if step >= total_steps:
+                break
+            if step < start_step:  # consumed before the restart
+                step += 1
+                continue
+            _check_aligned(record["order"])
+            local = worker_slice(record, rank, world_size)
+            t0 = time.perf_counter()
+            metrics = train_step(engine, local, pad, train, pooling=config["pooling"])
+            seconds = time.perf_counter() - t0
+            step += 1
+            tokens = _global_sum(count_tokens(local))
+            metrics.update(step=step, epoch=epoch, seconds=seconds, tokens_per_s=tokens / seconds,
+                           examples_per_s=len(record["query_ids"]) / seconds, resumed_from=start_step)
+            if rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+            if step % train.checkpoint_every == 0 or step == total_steps:
+                with tempfile.TemporaryDirectory() as tmp:
+                    # Every rank writes its own ZeRO partition; Ray merges the ranks' directories.
+                    engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG)
+                    if rank == 0:
+                        (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step, "epoch": epoch}))
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            elif step % train.log_every == 0:
+                ray.train.report(metrics)
+
+    state = gathered_lora_state_dict(engine.module)  # a collective: every rank takes part
+    if rank == 0:
+        from embedforge.train.model import save_merged, save_sentence_transformers
+
+        adapter = save_adapter(engine.module, state, out_dir / "adapter")
+        merged = save_merged(config["backbone_path"], adapter, out_dir / "merged")
+        save_sentence_transformers(merged, out_dir / "sentence_transformers", config["max_length"],
+                                   config.get("instructions", {}))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,0 +1,117 @@
+"""``embedforge train``: validate, prepare the data with Ray Data, run the Ray Train job, plot.
+
+Rerunning the same command after a driver crash resumes: Ray Train V2 finds the run's snapshot under
+``storage_path/name`` and hands the workers the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embedforge.train.config import TrainConfig
+
+
+def validate_before_training(cfg) -> str:
+    """Checks that need the backbone (not only the config); returns the backbone directory."""
+    from embedforge.models import resolve_backbone
+    from embedforge.train.model import check_target_modules, meta_backbone
+
+    path = resolve_backbone(cfg.model.backbone)
+    check_target_modules(meta_backbone(path), cfg.train.lora.target_modules)
+    return path
+
+
+def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    steps = steps_per_epoch * train.epochs
+    return min(steps, train.max_steps) if train.max_steps else steps
+
+
+def training_instructions() -> dict[str, str]:
+    """Task name -> instruction for the sentence-transformers ``prompts`` (the MTEB table)."""
+    from embedforge.instructions import instruction_table
+
+    table = {}
+    for tasks in instruction_table().values():
+        table.update({name: text for name, text in tasks.items() if name != "*"})
+    return table
+
+
+def plot_loss_curve(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = {}
+    for line in metrics_path.read_text().splitlines():
+        m = json.loads(line)
+        last[m["step"]] = m["loss"]  # a step re-run after a restart: keep the latest value
+    steps = sorted(last)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, [last[s] for s in steps], marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("InfoNCE loss (mean over workers)")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+
+def run(cfg) -> dict:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from embedforge.ray_utils import init_ray
+    from embedforge.train.dataset import build_batches
+    from embedforge.train.loop import train_loop_per_worker
+
+    train = cfg.train
+    run_dir = cfg.run.dir.resolve()
+    out_dir = run_dir / "train"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone_path = validate_before_training(cfg)
+
+    init_ray()
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed)
+    steps = total_steps(train, summary["steps_per_epoch"])
+    storage = Path(train.storage_path).resolve() if train.storage_path else run_dir / "ray_train"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": train.model_dump(mode="json"),
+            "backbone_path": backbone_path,
+            "out_dir": str(out_dir),
+            "total_steps": steps,
+            "pooling": cfg.model.pooling,
+            "max_length": cfg.model.max_length,
+            "instructions": training_instructions(),
+        },
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker={"CPU": train.cpus_per_worker}),
+        run_config=RunConfig(name=f"{cfg.run.name}-train", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=train.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": batches},
+        dataset_config=DataConfig(datasets_to_split=[]),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    metrics_path = out_dir / "metrics.jsonl"
+    if metrics_path.is_file():
+        plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
+    summary.update(
+        total_steps=steps,
+        final_metrics=result.metrics,
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        adapter=str(out_dir / "adapter"),
+        merged=str(out_dir / "merged"),
+        sentence_transformers=str(out_dir / "sentence_transformers"),
+        metrics=str(metrics_path),
+        loss_curve=str(out_dir / "loss_curve.png"),
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

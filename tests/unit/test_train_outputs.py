@@ -1,0 +1,90 @@
+"""Training outputs: adapter, merged model, and a sentence-transformers dir that encodes like Encoder.
+Also the checks that must fail before training (LoRA targets absent from the backbone)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from embedforge.encoder import Encoder
+from embedforge.models import load_backbone
+from embedforge.testing import tiny_model, tiny_tokenizer
+from embedforge.train.config import LoraSettings
+from embedforge.train.model import (
+    add_lora,
+    check_target_modules,
+    gathered_lora_state_dict,
+    meta_backbone,
+    save_adapter,
+    save_merged,
+    save_sentence_transformers,
+)
+from embedforge.train.runner import plot_loss_curve
+
+TEXTS = ["a cat sits on the mat", "stock markets fell today", "x"]
+INSTRUCTION = "find a related sentence"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    base = tiny_model("llama")
+    base.save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    torch.manual_seed(0)
+    peft = add_lora(tiny_model("llama"), LoraSettings(r=4, alpha=8, dropout=0.0), init_lora_weights=False)
+    adapter = save_adapter(peft, gathered_lora_state_dict(peft), root / "adapter")
+    merged = save_merged(str(root / "base"), adapter, root / "merged")
+    st = save_sentence_transformers(merged, root / "st", max_length=16, instructions={"Demo": INSTRUCTION})
+    return root, adapter, merged, st
+
+
+def test_adapter_is_non_empty_and_changes_the_model(exported):
+    root, adapter, merged, _ = exported
+    plain, tok = load_backbone(str(root / "base"))
+    tuned, _ = load_backbone(str(root / "base"), adapter=str(adapter))
+    a = Encoder(plain, tok, max_length=16).encode(TEXTS)
+    b = Encoder(tuned, tok, max_length=16).encode(TEXTS)
+    assert not np.allclose(a, b, atol=1e-4)
+    m, _ = load_backbone(str(merged))
+    np.testing.assert_allclose(Encoder(m, tok, max_length=16).encode(TEXTS), b, atol=1e-5)
+
+
+def test_sentence_transformers_dir_encodes_like_the_encoder(exported):
+    from sentence_transformers import SentenceTransformer
+
+    root, adapter, _, st_dir = exported
+    model, tok = load_backbone(str(root / "base"), adapter=str(adapter))
+    enc = Encoder(model, tok, max_length=16)
+    st = SentenceTransformer(str(st_dir), device="cpu")
+    assert st.prompts["Demo"] == f"Instruct: {INSTRUCTION}\nQuery: "
+    long_text = "a much longer sentence that will certainly be truncated by the limit"
+    docs = TEXTS + [long_text]
+    np.testing.assert_allclose(st.encode(docs), enc.encode(docs), atol=1e-5)
+    np.testing.assert_allclose(st.encode(docs, prompt_name="Demo"), enc.encode(docs, instruction=INSTRUCTION), atol=1e-5)
+    assert json.loads((st_dir / "embedforge.json").read_text())["max_length"] == 16
+
+
+def test_empty_adapter_is_refused(tmp_path):
+    peft = add_lora(tiny_model("llama"), LoraSettings(r=2))
+    state = {k: torch.zeros(0) for k in gathered_lora_state_dict(peft)}
+    with pytest.raises(RuntimeError, match="empty LoRA adapter"):
+        save_adapter(peft, state, tmp_path / "a")
+
+
+def test_absent_lora_target_module_names_the_setting(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path)
+    model = meta_backbone(str(tmp_path))
+    check_target_modules(model, ["q_proj", "down_proj"])
+    with pytest.raises(ValueError, match=r"train\.lora\.target_modules.*query_key_value.*q_proj"):
+        check_target_modules(model, ["q_proj", "query_key_value"])
+
+
+def test_loss_curve_keeps_the_latest_value_of_a_rerun_step(tmp_path):
+    lines = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 2, "loss": 2.4}, {"step": 3, "loss": 2.0}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    plot_loss_curve(tmp_path / "m.jsonl", tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000
