@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from embedforge.evaluate.config import EvaluateConfig
 from embedforge.generate.config import GenerateConfig
+from embedforge.pipeline_config import PipelineConfig
 from embedforge.section import ConfigError, Section
 from embedforge.serving.config import ServeConfig
 from embedforge.train.config import TrainConfig
@@ -87,6 +88,7 @@ class EmbedforgeConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

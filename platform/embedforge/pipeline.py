@@ -1,0 +1,298 @@
+"""``embedforge pipeline``: generate → split → train → evaluate → serve → report in one run directory.
+
+Each stage records a marker with a fingerprint of the config it depends on; a rerun skips stages
+whose marker matches and redoes the rest (an interrupted stage has no marker, and the stages
+themselves resume: generation from committed shards, training from the last checkpoint, evaluation
+from the embedding cache). Everything lands under ``<run.output_dir>/<run.name>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zlib
+from pathlib import Path
+
+from embedforge.pipeline_config import STAGE_ORDER
+
+# Which config sections each stage's output depends on (besides the stages before it).
+STAGE_INPUTS = {
+    "generate": ("generate",),
+    "split": ("pipeline.heldout",),
+    "train": ("model", "train"),
+    "evaluate": ("model", "evaluate", "pipeline.compare_with_backbone"),
+    "serve": ("serve",),
+    "report": (),
+}
+
+
+def _section(cfg, dotted: str):
+    if dotted.startswith("pipeline."):
+        key = dotted.split(".", 1)[1]
+        data = cfg.pipeline.model_dump(mode="json")
+        return {k: v for k, v in data.items() if k.startswith(key)}
+    return getattr(cfg, dotted).model_dump(mode="json")
+
+
+def stage_fingerprints(cfg) -> dict[str, str]:
+    """A chained hash per stage: a change upstream invalidates everything after it."""
+    prints, prev = {}, json.dumps({"seed": cfg.run.seed})
+    for stage in STAGE_ORDER:
+        payload = json.dumps({"prev": prev, **{k: _section(cfg, k) for k in STAGE_INPUTS[stage]}}, sort_keys=True)
+        prev = prints[stage] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return prints
+
+
+class Markers:
+    """``<run>/pipeline/<stage>.done.json``: fingerprint + the stage's result, written last."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, stage: str) -> Path:
+        return self.folder / f"{stage}.done.json"
+
+    def result_if_done(self, stage: str, fingerprint: str) -> dict | None:
+        path = self._path(stage)
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return data["result"] if data.get("fingerprint") == fingerprint else None
+
+    def mark(self, stage: str, fingerprint: str, result: dict, seconds: float) -> None:
+        tmp = self._path(stage).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": round(seconds, 1), "result": result},
+                                  indent=2, default=str))
+        tmp.replace(self._path(stage))
+
+
+# ---------------------------------------------------------------- split: held-out retrieval task
+
+def is_heldout(row_id: str, fraction: float) -> bool:
+    """Stable per row id (crc32), so reruns and resumed runs hold out the same rows."""
+    return (zlib.crc32(row_id.encode()) % 10_000) < fraction * 10_000
+
+
+def split_rows(rows: list[dict], fraction: float, groups: list[str], min_queries: int) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows); at least ``min_queries`` eligible rows are held out when possible."""
+    eligible = [r for r in rows if r["group"] in groups]
+    held_ids = {r["id"] for r in eligible if is_heldout(r["id"], fraction)}
+    if len(held_ids) < min_queries:
+        extra = sorted((r for r in eligible if r["id"] not in held_ids), key=lambda r: zlib.crc32(r["id"].encode()))
+        held_ids |= {r["id"] for r in extra[: min_queries - len(held_ids)]}
+    if len(held_ids) >= len(eligible) and eligible:
+        raise ValueError(
+            f"pipeline: only {len(eligible)} rows of groups {groups} were generated; holding out "
+            f"{len(held_ids)} would leave none to train on (raise generate.num_rows)"
+        )
+    train = [r for r in rows if r["id"] not in held_ids]
+    held = [r for r in rows if r["id"] in held_ids]
+    return train, held
+
+
+def write_beir(held: list[dict], folder: Path) -> dict:
+    """A BEIR folder: each held-out query's positive is relevant; all positives and negatives form the corpus."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    corpus: dict[str, str] = {}
+
+    def doc_id(text: str) -> str:
+        did = "d" + hashlib.sha1(text.encode()).hexdigest()[:12]
+        corpus[did] = text
+        return did
+
+    queries, qrels = [], []
+    for r in held:
+        qrels.append((r["id"], doc_id(r["positive"])))
+        for neg in r.get("negatives") or []:
+            if neg.strip():
+                doc_id(neg)
+        queries.append({"_id": r["id"], "text": r["query"]})
+    with open(folder / "corpus.jsonl", "w") as fh:
+        for did, text in corpus.items():
+            fh.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as fh:
+        for q in queries:
+            fh.write(json.dumps(q) + "\n")
+    with open(folder / "qrels" / "test.tsv", "w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for qid, did in qrels:
+            fh.write(f"{qid}\t{did}\t1\n")
+    return {"queries": len(queries), "corpus": len(corpus)}
+
+
+def stage_split(cfg, run_dir: Path, results: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedforge.schema import arrow_schema
+
+    files = sorted((run_dir / "data").glob("*.parquet"))
+    if not files:
+        raise ValueError(f"pipeline: no generated data under {run_dir / 'data'} (run the generate stage)")
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    p = cfg.pipeline
+    train_rows, held = split_rows(rows, p.heldout_fraction, p.heldout_groups, p.heldout_min_queries)
+    out = run_dir / "pipeline"
+    train_dir = out / "train_data"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(train_rows, schema=arrow_schema()), train_dir / "rows.parquet")
+    beir = write_beir(held, out / "heldout")
+    return {"train_rows": len(train_rows), "heldout": beir, "train_data": str(train_dir),
+            "heldout_dir": str(out / "heldout")}
+
+
+# ---------------------------------------------------------------- the stages
+
+def stage_generate(cfg, run_dir: Path, results: dict) -> dict:
+    from embedforge.generate.runner import run
+
+    return run(cfg)
+
+
+def _with(cfg, **sections):
+    """A copy of the config with some sections replaced (validated like a loaded config)."""
+    from embedforge.config import EmbedforgeConfig
+
+    data = cfg.model_dump(mode="json")
+    for key, value in sections.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+    return EmbedforgeConfig.model_validate(data)
+
+
+def stage_train(cfg, run_dir: Path, results: dict) -> dict:
+    from embedforge.train.runner import run
+
+    sources = [s.model_dump() for s in cfg.train.data]
+    split_data = results["split"]["train_data"]
+    if split_data not in [s["path"] for s in sources]:
+        sources.append({"path": split_data, "ratio": 1.0})
+    return run(_with(cfg, **{"train.data": sources}))
+
+
+def stage_evaluate(cfg, run_dir: Path, results: dict) -> dict:
+    from embedforge.evaluate.runner import run
+
+    local = [t.model_dump() for t in cfg.evaluate.local_tasks]
+    local.append({"kind": "beir", "path": results["split"]["heldout_dir"], "name": "HeldoutRetrieval", "split": "test"})
+    baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
+    if cfg.pipeline.compare_with_backbone:
+        baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": True})
+    instructions = dict(cfg.evaluate.instructions)
+    # The held-out queries come from many synthetic tasks: one generic retrieval instruction.
+    instructions.setdefault("HeldoutRetrieval", "Given a query, retrieve documents that answer or match it")
+    tuned = _with(cfg, **{"model.backbone": results["train"]["merged"], "model.adapter": None,
+                          "evaluate.local_tasks": local, "evaluate.baselines": baselines,
+                          "evaluate.instructions": instructions, "run.name": cfg.run.name})
+    return run(tuned)
+
+
+def stage_serve(cfg, run_dir: Path, results: dict) -> dict:
+    """A smoke request through the real endpoint: the tuned model served, the official client, one check."""
+    import numpy as np
+    from openai import OpenAI
+    from ray import serve
+
+    from embedforge.encoder import Encoder
+    from embedforge.serving.app import build_app
+
+    merged = results["train"]["merged"]
+    port = _free_port()
+    scfg = _with(cfg, **{"model.backbone": merged, "model.adapter": None, "serve.port": port,
+                         "serve.host": "127.0.0.1"})
+    app = build_app(scfg)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    name = f"{cfg.serve.app_name}-smoke"
+    serve.run(app, name=name, route_prefix="/smoke", blocking=False)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/smoke/v1", api_key=_client_key(scfg.serve), max_retries=3)
+        texts = ["A man is playing a guitar.", "Someone plays an instrument."]
+        t0 = time.time()
+        resp = client.embeddings.create(model=scfg.serve.model_name or "embedforge", input=texts)
+        latency = time.time() - t0
+        served = np.array([d.embedding for d in resp.data], dtype=np.float32)
+        offline = Encoder.from_config(scfg.model).encode(texts)
+        cos = float(min((served * offline).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(offline, axis=1))))
+        if cos < 0.9999:
+            raise RuntimeError(f"served vectors differ from the offline encoder (min cosine {cos:.6f})")
+        return {"model": merged, "inputs": len(texts), "dim": int(served.shape[1]),
+                "prompt_tokens": resp.usage.prompt_tokens, "min_cosine_vs_offline": cos,
+                "latency_s": round(latency, 3)}
+    finally:
+        serve.delete(name)
+
+
+def _client_key(serve_cfg) -> str:
+    """The endpoint keeps auth on when keys are configured: the smoke client uses the first one."""
+    import os
+
+    from embedforge.serving.auth import _split_keys
+
+    text = os.environ.get(serve_cfg.api_key_env, "")
+    if not text.strip() and serve_cfg.api_key_file:
+        text = Path(serve_cfg.api_key_file).expanduser().read_text()
+    keys = _split_keys(text)
+    return keys[0] if keys else "no-key-configured"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_report(cfg, run_dir: Path, results: dict) -> dict:
+    from embedforge.report import write_report
+
+    return write_report(cfg, run_dir, results)
+
+
+STAGES = {
+    "generate": stage_generate,
+    "split": stage_split,
+    "train": stage_train,
+    "evaluate": stage_evaluate,
+    "serve": stage_serve,
+    "report": stage_report,
+}
+
+
+def run(cfg) -> dict:
+    from embedforge.ray_utils import init_ray
+
+    run_dir = cfg.run.dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    markers = Markers(run_dir / "pipeline")
+    prints = stage_fingerprints(cfg)
+    init_ray()
+    results: dict[str, dict] = {}
+    timings: dict[str, float | str] = {}
+    wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]
+    for i, stage in enumerate(STAGE_ORDER):
+        done = markers.result_if_done(stage, prints[stage])
+        if stage not in wanted:
+            if done is not None:
+                results[stage] = done
+            continue
+        if done is not None and not cfg.pipeline.force and stage != "report":
+            print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: complete, skipped", flush=True)
+            results[stage] = done
+            timings[stage] = "skipped"
+            continue
+        print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: running", flush=True)
+        t0 = time.time()
+        results[stage] = STAGES[stage](cfg, run_dir, results)
+        timings[stage] = round(time.time() - t0, 1)
+        markers.mark(stage, prints[stage], results[stage], time.time() - t0)
+        print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: done in {timings[stage]} s", flush=True)
+    return {"run_dir": str(run_dir), "stage_seconds": timings,
+            "report": results.get("report", {}).get("markdown")}
