@@ -33,7 +33,10 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     base = tiny_model("llama")
     base.save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
+    tok = tiny_tokenizer()
+    # An instruct backbone's chat template must not reach the sentence-transformers directory.
+    tok.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+    tok.save_pretrained(root / "base")
     torch.manual_seed(0)
     peft = add_lora(tiny_model("llama"), LoraSettings(r=4, alpha=8, dropout=0.0), init_lora_weights=False)
     adapter = save_adapter(peft, gathered_lora_state_dict(peft), root / "adapter")

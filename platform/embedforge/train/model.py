@@ -155,7 +155,17 @@ def save_sentence_transformers(
     tok = load_tokenizer(str(work))
     add_eos_post_processor(tok)
     tok.padding_side = "right"
+    # sentence-transformers 6 wraps texts in the chat template when the tokenizer has one (an
+    # instruct backbone does): embeddings are trained on raw text, so the template goes.
+    tok.chat_template = None
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (work / name).unlink(missing_ok=True)
     tok.save_pretrained(str(work))
+    config_path = work / "tokenizer_config.json"
+    if config_path.is_file():
+        tok_config = json.loads(config_path.read_text())
+        if tok_config.pop("chat_template", None) is not None:
+            config_path.write_text(json.dumps(tok_config, indent=2))
     try:
         transformer = Transformer(str(work), max_seq_length=max_length)
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
