@@ -121,3 +121,17 @@ def test_shipped_configs_train_sections_load(repo_root):
     paper = load_config(str(repo_root / "configs/paper.yaml"), [])
     assert paper.train.global_batch_size == 2048 and paper.train.lora.r == 16
     assert paper.train.deepspeed.precision == "bf16" and paper.train.temperature == 0.02
+
+
+def test_mined_negatives_come_from_the_top_k_and_skip_positives():
+    import numpy as np
+
+    from embedforge.train.mining import select_negatives, top_k_indices
+
+    corpus = np.eye(4, dtype=np.float32)
+    queries = np.array([[0.9, 0.4, 0.1, 0.0], [0.0, 0.1, 0.2, 0.9]], dtype=np.float32)
+    ranked = top_k_indices(queries, corpus, k=2, chunk=1)
+    assert ranked.tolist() == [[0, 1], [3, 2]]
+    texts = ["a", "b", "c", "d"]
+    assert select_negatives(ranked, texts, [{"a"}, {"d"}], num_negatives=1, seed=0) == [["b"], ["c"]]
+    assert select_negatives(ranked, texts, [{"a", "b"}, set()], num_negatives=5, seed=0)[0] == []

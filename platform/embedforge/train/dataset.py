@@ -86,7 +86,8 @@ def read_valid_rows(path: str, key: str):
     return valid, total, valid.count()
 
 
-def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int):
+def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int,
+                  mining_model: str | None = None, mining_max_length: int = 512):
     """(materialized dataset of global-batch records sorted by step order, summary dict)."""
 
     sources = source_paths(train, run_dir)
@@ -106,6 +107,14 @@ def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: 
         else:
             parts.append(ds.union(*[ds] * (-(-want // n_valid) - 1)).limit(want))
     mixed = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    if train.mine_negatives:
+        import ray.data
+
+        from embedforge.train.mining import mine_hard_negatives
+
+        mined = mine_hard_negatives(mixed.to_pandas(), mining_model or tokenizer_path, train.mining_top_k,
+                                    max(1, train.negatives_per_query), seed, mining_max_length)
+        mixed = ray.data.from_pandas(mined)
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",
         fn_kwargs={"tokenizer_path": tokenizer_path, "query_max_length": train.query_max_length,

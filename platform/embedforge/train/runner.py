@@ -76,7 +76,8 @@ def run(cfg) -> dict:
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed)
+    batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed,
+                                     train.mining_model or cfg.model.backbone, cfg.model.max_length)
     steps = total_steps(train, summary["steps_per_epoch"])
     storage = Path(train.storage_path).resolve() if train.storage_path else run_dir / "ray_train"
     trainer = TorchTrainer(

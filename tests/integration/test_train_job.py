@@ -1,0 +1,160 @@
+"""The train stage as users run it: `ray job submit -- python jobs/train.py` on a local cluster,
+2 CPU workers, SmolLM2-135M, DeepSpeed ZeRO-3 over gloo, a few steps on short sequences.
+
+The driver is killed (`ray job stop`) after the first checkpoint; rerunning the same command resumes
+from it and finishes, writing the adapter, the merged model, a sentence-transformers directory that
+encodes like the platform's Encoder, metrics and a loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOPICS = ["cats", "rivers", "stocks", "music", "bread", "rockets", "trees", "chess", "rain", "coffee", "glass", "maps"]
+
+
+def write_rows(path: Path, n: int = 24) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedforge.schema import TrainingRow, arrow_schema
+
+    rows = []
+    for i in range(n):
+        t = TOPICS[i % len(TOPICS)]
+        group = "short_long" if i % 2 == 0 else "sts"
+        rows.append(TrainingRow(
+            id=f"r{i}", group=group, task="Given a question, retrieve a passage that answers it" if group == "short_long" else "",
+            query=f"what about {t} number {i}?", positive=f"A passage on {t}, item {i}, with details.",
+            negatives=[f"An unrelated note on {TOPICS[(i + 5) % 12]} {i}."]).to_dict())
+    # One invalid row (empty query): dropped, not fatal.
+    rows.append(dict(rows[0], id="bad", query=""))
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), path / "part-0.parquet")
+
+
+def _ray(args, env, timeout=600):
+    return subprocess.run([str(Path(sys.executable).with_name("ray")), *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit_args(cluster, out: Path, data: Path, submission_id: str, wait: bool) -> list[str]:
+    return ["job", "submit", "--address", cluster["dashboard"], "--submission-id", submission_id,
+            *([] if wait else ["--no-wait"]), "--working-dir", ".", "--",
+            "python", "jobs/train.py", "--config", "configs/tiny.yaml", f"run.output_dir={out}",
+            f"train.data=[{{path: {data}}}]"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "tiny" / "train" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_job")
+    data, out = root / "data", root / "out"
+    write_rows(data)
+    first = f"train-{uuid.uuid4().hex[:8]}"
+    r = _ray(submit_args(ray_cluster, out, data, first, wait=False), ray_cluster["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = out / "tiny" / "ray_train" / "tiny-train"
+    try:
+        wait_for(lambda: any(ckpts.glob("checkpoint_*/progress.json")), 480, "the first checkpoint")
+    finally:
+        _ray(["job", "stop", "--address", ray_cluster["dashboard"], first], ray_cluster["env"], timeout=120)
+    # The driver is gone before it finished: no outputs yet.
+    assert not (out / "tiny" / "train" / "adapter").exists()
+    rerun = _ray(submit_args(ray_cluster, out, data, f"train-{uuid.uuid4().hex[:8]}", wait=True), ray_cluster["env"])
+    logs = rerun.stdout[-6000:] + rerun.stderr[-3000:]
+    assert rerun.returncode == 0, logs
+    return out / "tiny" / "train", out
+
+
+def test_rerun_after_driver_kill_resumes_from_the_checkpoint(resumed_run):
+    train_dir, out = resumed_run
+    rows = metrics(out)
+    assert [m["step"] for m in rows if m["resumed_from"] == 0][:2] == [1, 2]
+    resumed = [m for m in rows if m["resumed_from"] > 0]
+    assert resumed and resumed[0]["resumed_from"] == 2 and resumed[0]["step"] == 3
+    assert all(np.isfinite(m["loss"]) and m["tokens_per_s"] > 0 and m["grad_norm"] > 0 for m in rows)
+    summary = json.loads((train_dir / "summary.json").read_text())
+    assert summary["sources"][0] == {"path": summary["sources"][0]["path"], "rows": 25, "valid": 24}
+    assert summary["total_steps"] == 3
+    ckpt = Path(summary["checkpoint"])
+    for rank in (0, 1):  # every rank's ZeRO-3 partition is in the checkpoint
+        assert (ckpt / "state" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()
+    assert (train_dir / "loss_curve.png").stat().st_size > 1000
+
+
+def test_outputs_load_and_sentence_transformers_matches_encoder(resumed_run, smollm2_dir):
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.encoder import Encoder
+    from embedforge.models import load_backbone
+
+    train_dir, _ = resumed_run
+    adapter = load_file(train_dir / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(t.numel() > 0 for t in adapter.values())
+    assert any(t.abs().max() > 0 for k, t in adapter.items() if "lora_B" in k)  # B moved off its zero init
+    model, tok = load_backbone(smollm2_dir, adapter=str(train_dir / "adapter"))
+    enc = Encoder(model, tok, max_length=64)
+    texts = ["A cat sits on the mat.", "Stock markets fell sharply today."]
+    st = SentenceTransformer(str(train_dir / "sentence_transformers"), device="cpu")
+    np.testing.assert_allclose(st.encode(texts), enc.encode(texts), atol=1e-4)
+    name = "SciFact"
+    instr = st.prompts[name].removeprefix("Instruct: ").removesuffix("\nQuery: ")
+    np.testing.assert_allclose(st.encode(texts, prompt_name=name), enc.encode(texts, instruction=instr), atol=1e-4)
+    merged, _ = load_backbone(str(train_dir / "merged"))
+    np.testing.assert_allclose(Encoder(merged, tok, max_length=64).encode(texts), enc.encode(texts), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
+    """Kill one Ray Train worker process after the first checkpoint: Ray restarts the worker group
+    from that checkpoint (FailureConfig.max_failures) and the run finishes (~4 min on 2 cores)."""
+    import os
+    import signal
+
+    from ray.util.state import list_actors
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_rows(data)
+    job = f"train-kill-{uuid.uuid4().hex[:8]}"
+    r = _ray(submit_args(ray_cluster, out, data, job, wait=False), ray_cluster["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = out / "tiny" / "ray_train" / "tiny-train"
+    wait_for(lambda: any(ckpts.glob("checkpoint_*/progress.json")), 480, "the first checkpoint")
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    assert workers, "no live Ray Train worker to kill"
+    os.kill(int(workers[-1]["pid"]), signal.SIGKILL)
+
+    def finished():
+        s = _ray(["job", "status", "--address", ray_cluster["dashboard"], job], ray_cluster["env"], timeout=60)
+        return any(w in s.stdout for w in ("SUCCEEDED", "FAILED", "STOPPED"))
+
+    wait_for(finished, 600, "the job to finish")
+    status = _ray(["job", "status", "--address", ray_cluster["dashboard"], job], ray_cluster["env"], timeout=60)
+    assert "SUCCEEDED" in status.stdout, status.stdout[-2000:]
+    rows = metrics(out)
+    assert max(m["step"] for m in rows) == 3
+    assert any(m["resumed_from"] >= 2 for m in rows), "the restarted group did not resume from a checkpoint"
+    assert (out / "tiny" / "train" / "adapter" / "adapter_model.safetensors").is_file()
