@@ -103,7 +103,8 @@ class SentenceTransformerBackend:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get_dim())
 
     def encode(self, texts: list[str], instruction: str | None = None) -> np.ndarray:
         if instruction:

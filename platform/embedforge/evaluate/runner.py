@@ -75,7 +75,9 @@ def run(cfg) -> dict:
                 result = mteb.evaluate(model, task, cache=None, overwrite_strategy="always",
                                        show_progress_bar=False, raise_error=True)
                 task_result = result.task_results[0]
-                task_result.to_disk(staging / "results" / label / f"{task.metadata.name}.json")
+                result_path = staging / "results" / label / f"{task.metadata.name}.json"
+                result_path.parent.mkdir(parents=True, exist_ok=True)
+                task_result.to_disk(result_path)
                 main_scores[label][task.metadata.name] = float(task_result.get_score())
             stats[label] = {"texts": model.stats.texts, "cache_hits": model.stats.cache_hits,
                             "encoded_local": model.stats.encoded_local, "encoded_ray": model.stats.encoded_ray,
