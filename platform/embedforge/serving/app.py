@@ -133,6 +133,7 @@ def deployment_options(serve_cfg) -> dict:
         "health_check_timeout_s": serve_cfg.health_check_timeout_s,
         "graceful_shutdown_wait_loop_s": serve_cfg.graceful_shutdown_wait_loop_s,
         "graceful_shutdown_timeout_s": serve_cfg.graceful_shutdown_timeout_s,
+        "logging_config": {"enable_access_log": serve_cfg.access_log},
     }
 
 

@@ -56,6 +56,8 @@ class ServeConfig(Section):
     # Torch intra-op threads per replica; 0 -> all CPUs the node has (Ray sets 1 otherwise).
     torch_threads: int = Field(0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    # Ray Serve's per-request access log line (costs CPU at high request rates).
+    access_log: bool = True
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
     health_check_period_s: float = Field(10.0, gt=0)
