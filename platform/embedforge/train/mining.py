@@ -42,18 +42,32 @@ def select_negatives(
 
 
 class EmbedTexts:
-    """A Ray Data actor: one model replica that embeds the ``text`` column (queries carry ``task``)."""
+    """A Ray Data actor: one model replica that embeds the ``text`` column (queries carry ``task``).
+
+    A sentence-transformers directory (a BERT-style miner like mE5 or MiniLM: its own pooling, no EOS)
+    encodes through sentence-transformers; a decoder backbone through embedforge's Encoder.
+    """
 
     def __init__(self, model_spec: str, max_length: int):
-        from embedforge.encoder import Encoder
-        from embedforge.models import load_backbone
+        from embedforge.models import is_sentence_transformers_dir, resolve_backbone
 
-        model, tokenizer = load_backbone(model_spec)
-        self.encoder = Encoder(model, tokenizer, max_length=max_length)
+        path = resolve_backbone(model_spec)
+        if is_sentence_transformers_dir(path):
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(path, device="cpu")
+            st.max_seq_length = min(max_length, st.max_seq_length or max_length)
+            self.encode = lambda texts: st.encode(texts, normalize_embeddings=True)
+        else:
+            from embedforge.encoder import Encoder
+            from embedforge.models import load_backbone
+
+            model, tokenizer = load_backbone(path)
+            self.encode = Encoder(model, tokenizer, max_length=max_length).encode
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         texts = [format_query(t, task or None) for t, task in zip(batch["text"], batch["task"], strict=True)]
-        vecs = self.encoder.encode(texts)
+        vecs = self.encode(texts)
         return pd.DataFrame({"pos": batch["pos"], "embedding": list(vecs)})
 
 
