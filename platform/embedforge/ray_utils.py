@@ -11,7 +11,8 @@ def package_dir() -> str:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's), else start a local one.
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's, or one that `ray start`
+    left running on this machine), else start a local one.
 
     The ``embedforge`` package travels to the workers as a ``py_modules`` entry, so the same driver
     works from an installed wheel, from a checkout, and under ``ray job submit --working-dir .``
@@ -34,8 +35,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     address = address or os.environ.get("RAY_ADDRESS")
     init_kwargs = dict(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=True, **kwargs)
     if address:
-        init_kwargs["address"] = address
-    elif num_cpus is not None:
-        init_kwargs["num_cpus"] = num_cpus
-    ray.init(**init_kwargs)
+        ray.init(address=address, **init_kwargs)
+        return ray
+    try:
+        ray.init(address="auto", **init_kwargs)  # a `ray start --head` cluster on this machine
+    except ConnectionError:
+        # None running (or several, ambiguous): a private local instance for this driver.
+        if num_cpus is not None:
+            init_kwargs["num_cpus"] = num_cpus
+        ray.init(**init_kwargs)
     return ray
