@@ -1,8 +1,8 @@
 """The Ray Data stages: teacher calls in async actors, parse + validate, contamination filter.
 
 requests (one row per teacher call) → TeacherCaller (actor pool; each actor keeps many requests in
-flight with the async openai client) → parse_outcomes (validation) → ContaminationFilter (actor
-holding the eval-set index) → the driver, which dedupes over the whole run and commits shards.
+flight with the async openai client, then parses and validates each answer) → ContaminationFilter
+(actor holding the eval-set index) → the driver, which dedupes over the whole run and commits shards.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ class TeacherCaller:
     actor's share of the teacher's max_concurrency) keep the endpoint busy without overrunning it.
     """
 
-    def __init__(self, teachers: list[dict], run_key: str, per_actor_concurrency: dict[str, int]):
+    def __init__(self, teachers: list[dict], run_key: str, per_actor_concurrency: dict[str, int],
+                 min_words_short: int = 1, min_words_long: int = 5):
+        self.min_words = (min_words_short, min_words_long)
         self.teachers = {t["name"]: TeacherConfig(**t) for t in teachers}
         self.run_key = run_key
         self.per_actor = per_actor_concurrency
@@ -77,7 +79,8 @@ class TeacherCaller:
 
     async def __call__(self, batch: dict) -> dict:
         results = await asyncio.gather(*(self._one(r) for r in _rows(batch)))
-        return _columns(list(results))
+        # Parsing here rather than in a separate task stage spares the CPUs the teacher may share.
+        return _columns([parse_outcome(r, *self.min_words) for r in results])
 
 
 def parse_outcome(row: dict, min_words_short: int, min_words_long: int) -> dict:
@@ -142,24 +145,25 @@ def build_dataset(requests: list[dict], teachers: list[TeacherConfig], run_key: 
     if gen_cfg.engine == "ray_llm":
         from embedforge.generate.ray_llm import apply_ray_llm
 
-        return _after_teacher(apply_ray_llm(ds, teachers[0]), batch_size, gen_cfg)
+        ds = apply_ray_llm(ds, teachers[0]).map_batches(
+            parse_outcomes, fn_kwargs={"min_words_short": gen_cfg.min_words_short, "min_words_long": gen_cfg.min_words_long},
+            batch_size=batch_size, batch_format="numpy",
+        )
+        return _contamination(ds, batch_size, gen_cfg)
     # Keys reach the actors by the env var each teacher names, never through config or logs.
     key_env = {t.api_key_env: os.environ[t.api_key_env] for t in teachers if t.api_key_env and t.api_key_env in os.environ}
     ds = ds.map_batches(
         TeacherCaller, runtime_env={"env_vars": key_env} if key_env else None,
         fn_constructor_kwargs={
             "teachers": [t.model_dump() for t in teachers], "run_key": run_key, "per_actor_concurrency": per_actor,
+            "min_words_short": gen_cfg.min_words_short, "min_words_long": gen_cfg.min_words_long,
         },
         batch_size=batch_size, concurrency=actors, num_cpus=0.1, batch_format="numpy",
     )
-    return _after_teacher(ds, batch_size, gen_cfg)
+    return _contamination(ds, batch_size, gen_cfg)
 
 
-def _after_teacher(ds, batch_size: int, gen_cfg):
-    ds = ds.map_batches(
-        parse_outcomes, fn_kwargs={"min_words_short": gen_cfg.min_words_short, "min_words_long": gen_cfg.min_words_long},
-        batch_size=batch_size, num_cpus=0.1, batch_format="numpy",
-    )
+def _contamination(ds, batch_size: int, gen_cfg):
     if gen_cfg.contamination.eval_files:
         ds = ds.map_batches(
             ContaminationFilter,
