@@ -193,9 +193,13 @@ def generate_synthetic(cfg, run_dir: Path) -> dict:
         if gen.engine == "openai":
             for teacher in teachers:  # before any Ray work
                 preflight(teacher)
+        import ray.data
+
         from embedforge.ray_utils import init_ray
 
         init_ray()
+        # Our own progress bar counts kept rows; Ray Data's per-operator bars would only add noise.
+        ray.data.DataContext.get_current().enable_progress_bars = False
         run_key = f"{Path(run_dir).resolve().name}-{row_seed(0, str(Path(run_dir).resolve()))}"
         for t in teachers:
             if t.requests_per_minute or t.tokens_per_minute:
