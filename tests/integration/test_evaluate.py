@@ -121,8 +121,8 @@ import json, sys
 from embedforge.evaluate.backends import ModelSpec
 from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
 texts = json.load(open(sys.argv[1]))
-model = EmbedforgeModel(ModelSpec("all-minilm-l6-v2", batch_size=32), "test/minilm", use_instructions=False,
-                        cache_dir=sys.argv[2], shard=ShardSettings(batch_size=32, num_actors=1))
+model = EmbedforgeModel(ModelSpec("all-minilm-l6-v2", batch_size=16), "test/minilm", use_instructions=False,
+                        cache_dir=sys.argv[2], shard=ShardSettings(batch_size=16, num_actors=1))
 vecs = model.encode_texts(texts, None, force_shard=True)
 import numpy as np
 np.save(sys.argv[3], vecs)
@@ -133,11 +133,11 @@ print("STATS " + json.dumps({"encoded_ray": model.stats.encoded_ray, "hits": mod
 def test_killed_encoding_resumes_from_cache(ray_cluster, shared_data, tmp_path):
     from embedforge.evaluate.backends import ModelSpec, SentenceTransformerBackend
 
-    lines = (shared_data / "scifact" / "corpus.jsonl").read_text().splitlines()[:1200]
+    lines = (shared_data / "scifact" / "corpus.jsonl").read_text().splitlines()[:600]
     texts = [(d["title"] + " " + d["text"]).strip() for d in map(json.loads, lines)]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     cache_root = tmp_path / "cache"
-    spec = ModelSpec("all-minilm-l6-v2", batch_size=32)
+    spec = ModelSpec("all-minilm-l6-v2", batch_size=16)
     cache = lambda: EmbeddingCache(cache_root, namespace_key(spec.fingerprint(), None))  # noqa: E731
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
     cmd = [sys.executable, "-c", ENCODE_SCRIPT, str(tmp_path / "texts.json"), str(cache_root), str(tmp_path / "v.npy")]
@@ -163,7 +163,7 @@ def test_killed_encoding_resumes_from_cache(ray_cluster, shared_data, tmp_path):
     stats = rerun()
     assert stats["encoded_ray"] == len(texts) - cached  # only what was missing
     vecs = np.load(tmp_path / "v.npy")
-    sample = list(range(0, len(texts), 97))
+    sample = list(range(0, len(texts), 47))
     st = SentenceTransformerBackend(spec).encode([texts[i] for i in sample])
     np.testing.assert_allclose(vecs[sample], st, atol=1e-4)  # joined back by id, in input order
     assert rerun()["encoded_ray"] == 0  # a complete cache: nothing encoded
