@@ -89,10 +89,21 @@ class _ResetAfterBackward:
         self.track.live = 0  # the chunk's graph is freed
 
 
+def lora_model(spec: str):
+    """``tiny-H-L``: a random Llama of hidden size H and L layers (fast on a busy CPU); else a backbone."""
+    if spec.startswith("tiny-"):
+        from embedforge.testing import tiny_model
+        from embedforge.train.model import add_lora
+
+        _, hidden, layers = spec.split("-")
+        base = tiny_model("llama", hidden_size=int(hidden), layers=int(layers), vocab_size=40001)
+        return add_lora(base, LoraSettings(r=16, alpha=32, dropout=0.0)).train()
+    return load_lora_model(resolve_backbone(spec), LoraSettings(r=16, alpha=32, dropout=0.0)).train()
+
+
 def bench_gradcache(args) -> dict:
     torch.set_num_threads(args.threads)
-    path = resolve_backbone(args.model)
-    model = load_lora_model(path, LoraSettings(r=16, alpha=32, dropout=0.0)).train()
+    model = lora_model(args.model)
     local = synthetic_batch(args.batch, args.length)
     times = {"plain": [], "cached": []}
     step(model, local, None)  # warm-up

@@ -91,3 +91,15 @@ def test_loss_curve_keeps_the_latest_value_of_a_rerun_step(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     plot_loss_curve(tmp_path / "m.jsonl", tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_run_fails_before_ray_when_a_lora_target_is_absent(tmp_path):
+    from embedforge.config import load_config
+    from embedforge.train.runner import run
+
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    cfg = load_config(None, [f"model.backbone={tmp_path / 'base'}", f"run.output_dir={tmp_path}",
+                             "train.lora.target_modules=[c_attn]"])
+    with pytest.raises(ValueError, match=r"train\.lora\.target_modules.*c_attn"):
+        run(cfg)
