@@ -31,13 +31,13 @@ def test_runner_serves_and_exports_counters(ray_cluster, minilm_dir):
 
     port = _free_port()
     cfg = load_config(None, [f"model.backbone={minilm_dir}", "model.max_length=257", f"serve.port={port}",
-                             "serve.app_name=ef-runner-test", "serve.model_name=minilm", "serve.api_key_env=",
+                             "serve.app_name=ef-runner-test", "serve.model_name=minilm-runner", "serve.api_key_env=",
                              "serve.ray_actor_options.num_cpus=0.5", "serve.torch_threads=1"])
     try:
         info = runner.run(cfg, block=False)
-        assert info["url"] == f"http://127.0.0.1:{port}/v1" and info["model"] == "minilm"
+        assert info["url"] == f"http://127.0.0.1:{port}/v1" and info["model"] == "minilm-runner"
         req = urllib.request.Request(info["url"] + "/embeddings", method="POST",
-                                     data=json.dumps({"model": "minilm", "input": ["a", "the", "cat"]}).encode(),
+                                     data=json.dumps({"model": "minilm-runner", "input": ["a", "the", "cat"]}).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             body = json.loads(r.read())
@@ -46,10 +46,10 @@ def test_runner_serves_and_exports_counters(ray_cluster, minilm_dir):
         metrics_port = ray.nodes()[0]["MetricsExportPort"]
         deadline = time.time() + 60
         text = ""
-        while time.time() < deadline and "embedforge_inputs" not in text:
+        while time.time() < deadline and 'model="minilm-runner"' not in text:
             time.sleep(2)
             text = _metrics_text(metrics_port)
-        lines = [ln for ln in text.splitlines() if ln.startswith("ray_embedforge_") and "minilm" in ln]
+        lines = [ln for ln in text.splitlines() if ln.startswith("ray_embedforge_") and 'model="minilm-runner"' in ln]
         inputs = [float(ln.split()[-1]) for ln in lines if ln.startswith("ray_embedforge_inputs")]
         assert inputs == [3.0], lines
         assert any(ln.startswith("ray_embedforge_requests") and 'status="200"' in ln for ln in lines), lines
