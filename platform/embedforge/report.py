@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -38,15 +37,26 @@ def write_report(cfg, run_dir: Path, results: dict) -> dict:
     gen = results.get("generate") or {}
     if gen:
         parts += ["## Data", ""]
-        per_group = (gen.get("counts") or {}).get("kept_per_group") or gen.get("kept_per_group") or {}
+        per_group = gen.get("per_group") or {}
         if per_group:
             _bar_png(per_group, "kept synthetic rows per group", out / "data.png")
             files["data_png"] = str(out / "data.png")
             parts += ["![rows per group](data.png)", ""]
-        summary_path = gen.get("summary_path")
-        if summary_path and Path(summary_path).is_file():
-            parts += ["Generation summary (`generate/summary.json`):", "", "```json",
-                      json.dumps(json.loads(Path(summary_path).read_text()), indent=1)[:4000], "```", ""]
+            parts += [_table([[g, n] for g, n in per_group.items()], ["group", "kept rows"]), ""]
+        session = gen.get("this_session") or {}
+        facts = [
+            ["rows kept / attempts", f"{gen.get('rows', 0)} / {gen.get('attempts', 0)}"],
+            ["languages", len(gen.get("per_language") or {})],
+            ["teachers", ", ".join(f"{t} ({n})" for t, n in (gen.get("per_teacher") or {}).items())],
+            ["reject reasons", ", ".join(f"{r}: {n}" for r, n in (gen.get("rejects") or {}).items()) or "none"],
+            ["prompt / completion tokens", f"{gen.get('prompt_tokens', 0)} / {gen.get('completion_tokens', 0)}"],
+            ["cost (USD)", f"{gen.get('cost_usd', 0.0):.4f}"],
+        ]
+        if session:
+            facts.append(["completion tokens/s (last session)", session.get("completion_tokens_per_s")])
+        parts += [_table(facts, ["generation", "value"]), ""]
+        for name, info in (gen.get("labeled") or {}).items():
+            parts += [f"Labeled set `{name}`: {info}", ""]
     split = results.get("split") or {}
     if split:
         parts += [f"Training rows: {split['train_rows']}; held-out retrieval task: "
@@ -63,7 +73,8 @@ def write_report(cfg, run_dir: Path, results: dict) -> dict:
         fm = train.get("final_metrics") or {}
         keep = {k: fm[k] for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "examples_per_s") if k in fm}
         if keep:
-            parts += [_table([[k, v] for k, v in keep.items()], ["metric", "final value"]), ""]
+            rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in keep.items()]
+            parts += [_table(rows, ["metric", "final value"]), ""]
         parts += [f"Outputs: adapter `{train.get('adapter')}`, merged model `{train.get('merged')}`, "
                   f"sentence-transformers `{train.get('sentence_transformers')}`.", ""]
 
