@@ -185,6 +185,7 @@ def test_bad_outputs_are_rejected_with_reasons():
     assert _reason('{"S1": "a", "S2": 5, "S3": "c"}') == "not_string"
     assert _reason('{"S1": "a", "S2": "  ", "S3": "c"}') == "empty"
     assert _reason('{"S1": "A man.", "S2": "a MAN", "S3": "c"}') == "same_text"
+    assert _reason('{"S1": ".3", "S2": "a man", "S3": "c"}') == "no_words"
     assert _reason('{"input_text": "the text here is long enough", "label": "pos", "misleading_label": "Pos"}', "long_short") == "same_text"
     assert _reason(json.dumps({**GOOD["short_long"], "positive_document": "too short"}), "short_long",
                    min_words_long=5) == "too_short"

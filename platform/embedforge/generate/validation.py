@@ -21,6 +21,7 @@ REJECT_REASONS = (
     "empty",
     "same_text",      # query == positive, positive == negative, label == misleading label
     "too_short",
+    "no_words",       # a field without a single letter (numbers, punctuation)
     "truncated",      # the teacher hit max_tokens
     "duplicate",      # seen before in this run (exact, normalised)
     "contaminated",   # overlaps a configured evaluation set
@@ -118,6 +119,8 @@ def validate_example(text: str, template: Template, min_words_short: int = 1, mi
         value = value.strip()
         if not value:
             raise Rejected("empty", key)
+        if not any(ch.isalpha() for ch in value):
+            raise Rejected("no_words", f"{key}={value!r:.60}")
         fields[key] = value
     for key, value in fields.items():
         least = min_words_long if key in template.long_keys else min_words_short
