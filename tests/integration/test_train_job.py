@@ -149,11 +149,11 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
 
     def finished():
         s = _ray(["job", "status", "--address", ray_cluster["dashboard"], job], ray_cluster["env"], timeout=60)
-        return any(w in s.stdout for w in ("SUCCEEDED", "FAILED", "STOPPED"))
+        return any(w in s.stdout + s.stderr for w in ("SUCCEEDED", "FAILED", "STOPPED"))
 
     wait_for(finished, 600, "the job to finish")
     status = _ray(["job", "status", "--address", ray_cluster["dashboard"], job], ray_cluster["env"], timeout=60)
-    assert "SUCCEEDED" in status.stdout, status.stdout[-2000:]
+    assert "SUCCEEDED" in status.stdout + status.stderr, (status.stdout + status.stderr)[-2000:]
     rows = metrics(out)
     assert max(m["step"] for m in rows) == 3
     assert any(m["resumed_from"] >= 2 for m in rows), "the restarted group did not resume from a checkpoint"
