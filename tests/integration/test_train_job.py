@@ -63,6 +63,12 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def checkpoint_registered(ckpts: Path) -> bool:
+    """Ray Train has recorded a checkpoint in its run snapshot (files on disk alone may still be mid-report)."""
+    snap = ckpts / "checkpoint_manager_snapshot.json"
+    return snap.is_file() and "checkpoint_" in snap.read_text() and any(ckpts.glob("checkpoint_*/progress.json"))
+
+
 def metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "tiny" / "train" / "metrics.jsonl").read_text().splitlines()]
 
@@ -77,7 +83,7 @@ def resumed_run(ray_cluster, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     ckpts = out / "tiny" / "ray_train" / "tiny-train"
     try:
-        wait_for(lambda: any(ckpts.glob("checkpoint_*/progress.json")), 480, "the first checkpoint")
+        wait_for(lambda: checkpoint_registered(ckpts), 480, "the first checkpoint")
     finally:
         _ray(["job", "stop", "--address", ray_cluster["dashboard"], first], ray_cluster["env"], timeout=120)
     # The driver is gone before it finished: no outputs yet.
@@ -142,7 +148,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     r = _ray(submit_args(ray_cluster, out, data, job, wait=False), ray_cluster["env"])
     assert r.returncode == 0, r.stderr[-3000:]
     ckpts = out / "tiny" / "ray_train" / "tiny-train"
-    wait_for(lambda: any(ckpts.glob("checkpoint_*/progress.json")), 480, "the first checkpoint")
+    wait_for(lambda: checkpoint_registered(ckpts), 480, "the first checkpoint")
     workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
     assert workers, "no live Ray Train worker to kill"
     os.kill(int(workers[-1]["pid"]), signal.SIGKILL)
