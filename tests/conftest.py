@@ -90,7 +90,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
@@ -127,7 +127,7 @@ def start_ray_head(tmp: Path, num_cpus: int = 2):
         if proc.poll() is not None:
             raise RuntimeError(f"ray start failed: {(tmp / 'ray_head.log').read_text()[-2000:]}")
         # The Jobs API refuses submissions until the head's dashboard agent is up too.
-        if all(_port_open(p) for p in (dash_port, agent_port)):
+        if all(port_open(p) for p in (dash_port, agent_port)):
             break
         time.sleep(0.5)
     else:

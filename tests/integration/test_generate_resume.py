@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from embedforge.generate.taxonomy import split_counts
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+from tests.conftest import free_port as _free_port
+from tests.conftest import port_open as _listening
 
 
 def test_resume_after_sigkill(ray_cluster, tmp_path, repo_root):

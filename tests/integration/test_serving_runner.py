@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port as _free_port
 
 
 def _metrics_text(port: int) -> str:
