@@ -26,7 +26,10 @@ def format_document(document: str) -> str:
 
 
 def eos_token_id(tokenizer) -> int:
+    """The end-of-sequence id; BERT-style tokenizers end sequences in [SEP] and have no EOS."""
     eos = tokenizer.eos_token_id
+    if eos is None:
+        eos = getattr(tokenizer, "sep_token_id", None)
     if eos is None:
         raise ValueError(
             f"tokenizer {type(tokenizer).__name__} has no eos_token; last-token pooling needs one "

@@ -64,3 +64,18 @@ def test_smollm2_encoder_real_text(smollm2_dir):
     left = Encoder(enc.model, enc.tokenizer, max_length=32, padding_side="left").encode(["a", "a longer sentence here"])
     right = enc.encode(["a", "a longer sentence here"])
     np.testing.assert_allclose(left, right, atol=1e-4)
+
+
+def test_encoder_on_a_bert_style_model_matches_sentence_transformers(minilm_dir):
+    """A tokenizer without EOS ([SEP]-terminated) still encodes; mean pooling equals ST's own output."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.encoder import Encoder
+    from embedforge.models import load_backbone
+
+    model, tok = load_backbone(minilm_dir)
+    enc = Encoder(model, tok, pooling="mean", max_length=256)
+    texts = ["A man is playing a guitar.", "", "The stock market crashed today, again."]
+    ours = enc.encode(texts)
+    theirs = SentenceTransformer(minilm_dir, device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
