@@ -158,8 +158,8 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     os.environ["RAY_ADDRESS"] = info["address"]
-    ray.init(address=info["address"])
-    try:
+    try:  # a failed connect must not leak the head
+        ray.init(address=info["address"])
         yield info
     finally:
         ray.shutdown()
