@@ -66,12 +66,6 @@ def read_sentence_transformers_settings(path: str) -> STSettings:
     return STSettings(pooling, normalize, max_length, sub)
 
 
-def _ensure_eos(tokenizer) -> None:
-    """BERT-style tokenizers have no EOS but end every sequence in SEP: SEP plays EOS (nothing appended)."""
-    if tokenizer.eos_token_id is None and tokenizer.sep_token is not None:
-        tokenizer.eos_token = tokenizer.sep_token
-
-
 def load_encoder(model_cfg) -> Encoder:
     """The ``Encoder`` the endpoint serves, from the root config's ``model`` section."""
     from embedforge.models import is_sentence_transformers_dir, load_backbone, resolve_backbone
@@ -88,8 +82,8 @@ def load_encoder(model_cfg) -> Encoder:
         spec = os.path.join(path, st.transformer_subdir) if st.transformer_subdir else path
         log.info("sentence-transformers directory %s: pooling=%s normalize=%s max_length=%s",
                  path, pooling, normalize, max_length)
+    # BERT-style tokenizers have no EOS: embedforge.prompts ends their sequences in [SEP] instead.
     model, tokenizer = load_backbone(spec, model_cfg.dtype, model_cfg.adapter, model_cfg.device)
-    _ensure_eos(tokenizer)
     return Encoder(model, tokenizer, pooling=pooling, normalize=normalize, max_length=max_length,
                    batch_tokens=model_cfg.batch_tokens, device=model_cfg.device)
 
