@@ -52,6 +52,11 @@ class ModelConfig(Section):
     # A PEFT LoRA adapter directory applied on top of the backbone (a training run's output).
     adapter: str | None = None
     pooling: Literal["last_token", "mean", "weighted_mean"] = "last_token"
+    # The paper's task instructions on queries ("Instruct: {task}\nQuery: {q}"). One switch here,
+    # not per stage, because a model must be encoded the way it was trained: training batches, hard-
+    # negative mining, evaluation and the exported sentence-transformers prompts all read it. False
+    # (the paper's "w/o instruction" ablation): queries are encoded exactly like documents.
+    instructions: bool = True
     normalize: bool = True
     max_length: int = Field(512, ge=2, le=131072)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

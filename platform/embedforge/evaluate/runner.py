@@ -38,9 +38,14 @@ def _paths(cfg) -> tuple[Path, str | None]:
 
 
 def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
-    """(label, spec, use_instructions): the configured model first, then baselines that name a model."""
+    """(label, spec, use_instructions): the configured model first, then baselines that name a model.
+
+    The configured model gets instructions only when it was trained with them (``model.instructions``)
+    and ``evaluate.use_instructions`` does not turn them off; baselines follow their own setting.
+    """
     ecfg = cfg.evaluate
-    runs = [(cfg.run.name, ModelSpec.from_model_config(cfg.model, ecfg.batch_size), ecfg.use_instructions)]
+    use = ecfg.use_instructions and cfg.model.instructions
+    runs = [(cfg.run.name, ModelSpec.from_model_config(cfg.model, ecfg.batch_size), use)]
     for name, b in ecfg.baselines.items():
         if b.model is not None:
             spec = ModelSpec(backbone=b.model, max_length=cfg.model.max_length, dtype=cfg.model.dtype,

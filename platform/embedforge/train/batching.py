@@ -43,13 +43,18 @@ def positive_key(text: str) -> str:
     return hashlib.sha1(" ".join(text.split()).encode()).hexdigest()
 
 
-def tokenize_rows(batch: dict, tokenizer, query_max_length: int, passage_max_length: int) -> dict:
+def tokenize_rows(batch: dict, tokenizer, query_max_length: int, passage_max_length: int,
+                  instructions: bool = True) -> dict:
     """Columns ``query_ids``, ``positive_ids``, ``negative_ids`` (list of id lists) and ``positive_key``.
 
-    Queries get the instruction template with the row's ``task``; documents get none; everything ends
-    in EOS (``embedforge.prompts``). Other columns pass through.
+    Queries get the instruction template with the row's ``task`` (``instructions=False``, i.e.
+    ``model.instructions: false``: none, so queries are encoded exactly like documents); documents get
+    none; everything ends in EOS (``embedforge.prompts``). Other columns pass through.
     """
-    queries = [format_query(q, t or None) for q, t in zip(batch["query"], batch["task"], strict=True)]
+    if instructions:
+        queries = [format_query(q, t or None) for q, t in zip(batch["query"], batch["task"], strict=True)]
+    else:
+        queries = [format_document(q) for q in batch["query"]]
     positives = [format_document(p) for p in batch["positive"]]
     negatives = [[format_document(n) for n in (list(negs) if negs is not None else [])] for negs in batch["negatives"]]
     flat = [n for negs in negatives for n in negs]

@@ -45,11 +45,12 @@ def keep_valid(df: pd.DataFrame) -> pd.DataFrame:
     return df[ok].reset_index(drop=True)
 
 
-def tokenize_frame(df: pd.DataFrame, tokenizer_path: str, query_max_length: int, passage_max_length: int):
+def tokenize_frame(df: pd.DataFrame, tokenizer_path: str, query_max_length: int, passage_max_length: int,
+                   instructions: bool = True):
     batch = _rows(df)
     batch["negatives"] = [list(n) if n is not None else [] for n in batch["negatives"]]
     batch["task"] = [t if isinstance(t, str) else "" for t in batch["task"]]
-    out = tokenize_rows(batch, _tokenizer(tokenizer_path), query_max_length, passage_max_length)
+    out = tokenize_rows(batch, _tokenizer(tokenizer_path), query_max_length, passage_max_length, instructions)
     keep = ("id", "group", "positive_key", "query_ids", "positive_ids", "negative_ids")
     return pd.DataFrame({k: out[k] for k in keep})
 
@@ -87,8 +88,11 @@ def read_valid_rows(path: str, key: str):
 
 
 def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int,
-                  mining_model: str | None = None, mining_max_length: int = 512):
-    """(materialized dataset of global-batch records sorted by step order, summary dict)."""
+                  mining_model: str | None = None, mining_max_length: int = 512, instructions: bool = True):
+    """(materialized dataset of global-batch records sorted by step order, summary dict).
+
+    ``instructions`` is ``model.instructions``: False tokenizes (and mines) queries without their task.
+    """
 
     sources = source_paths(train, run_dir)
     read = [read_valid_rows(path, key) for path, _, key in sources]
@@ -113,12 +117,13 @@ def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: 
         from embedforge.train.mining import mine_hard_negatives
 
         mined = mine_hard_negatives(mixed.to_pandas(), mining_model or tokenizer_path, train.mining_top_k,
-                                    max(1, train.negatives_per_query), seed, mining_max_length)
+                                    max(1, train.negatives_per_query), seed, mining_max_length,
+                                    instructions=instructions)
         mixed = ray.data.from_pandas(mined)
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",
         fn_kwargs={"tokenizer_path": tokenizer_path, "query_max_length": train.query_max_length,
-                   "passage_max_length": train.passage_max_length},
+                   "passage_max_length": train.passage_max_length, "instructions": instructions},
     )
     batches = tokenized.groupby("group").map_groups(
         plan_frame, batch_format="pandas",

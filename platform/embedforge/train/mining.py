@@ -85,9 +85,13 @@ def _embed(texts: list[str], tasks: list[str], model_spec: str, max_length: int,
 
 def mine_hard_negatives(
     rows: pd.DataFrame, model_spec: str, top_k: int = 100, num_negatives: int = 1, seed: int = 0,
-    max_length: int = 512, replicas: int = 1,
+    max_length: int = 512, replicas: int = 1, instructions: bool = True,
 ) -> pd.DataFrame:
-    """``rows`` with ``negatives`` filled for the rows that had none; other rows are untouched."""
+    """``rows`` with ``negatives`` filled for the rows that had none; other rows are untouched.
+
+    Queries are embedded with their row's task instruction, as training will see them; with
+    ``instructions=False`` (``model.instructions: false``) without, exactly like documents.
+    """
     rows = rows.reset_index(drop=True).copy()
     negs = [list(n) if n is not None else [] for n in rows["negatives"]]
     need = [i for i, n in enumerate(negs) if not n]
@@ -95,7 +99,8 @@ def mine_hard_negatives(
         return rows
     corpus = sorted({*rows["positive"].tolist(), *(d for n in negs for d in n)})
     corpus_vecs = _embed(corpus, [""] * len(corpus), model_spec, max_length, replicas)
-    query_vecs = _embed([rows["query"][i] for i in need], [rows["task"][i] or "" for i in need],
+    query_tasks = [(rows["task"][i] or "") if instructions else "" for i in need]
+    query_vecs = _embed([rows["query"][i] for i in need], query_tasks,
                         model_spec, max_length, replicas)
     # A query's positives: every positive paired with the same query text anywhere in the data.
     positives_of: dict[str, set[str]] = {}

@@ -137,7 +137,11 @@ def add_eos_post_processor(tokenizer) -> None:
 
 
 def query_prompts(instructions: dict[str, str]) -> dict[str, str]:
-    """sentence-transformers prompts (a prefix per task) from the instruction template."""
+    """sentence-transformers prompts (a prefix per task) from the instruction template.
+
+    A model trained with ``model.instructions: false`` is exported with ``{}`` (no prompts): its
+    queries are encoded exactly like documents.
+    """
     prefix = QUERY_TEMPLATE.split("{query}")[0]
     return {name: prefix.format(instruction=text.strip()) for name, text in instructions.items() if text.strip()}
 
@@ -166,13 +170,15 @@ def save_sentence_transformers(
         tok_config = json.loads(config_path.read_text())
         if tok_config.pop("chat_template", None) is not None:
             config_path.write_text(json.dumps(tok_config, indent=2))
+    prompts = query_prompts(instructions)
     try:
         transformer = Transformer(str(work), max_seq_length=max_length)
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
-        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=query_prompts(instructions),
-                                 device="cpu")
+        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=prompts, device="cpu")
         st.save(str(out_dir))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    (out_dir / "embedforge.json").write_text(json.dumps({"query_template": QUERY_TEMPLATE, "max_length": max_length}))
+    # "instructions" tells a consumer whether queries take the template at all (model.instructions).
+    (out_dir / "embedforge.json").write_text(json.dumps({"query_template": QUERY_TEMPLATE, "max_length": max_length,
+                                                         "instructions": bool(prompts)}))
     return out_dir

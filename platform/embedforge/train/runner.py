@@ -37,6 +37,12 @@ def training_instructions() -> dict[str, str]:
     return table
 
 
+def export_instructions(model_cfg) -> dict[str, str]:
+    """The exported model's ``prompts``: none for a model trained with ``model.instructions: false``
+    (its queries are encoded exactly like documents)."""
+    return training_instructions() if model_cfg.instructions else {}
+
+
 def plot_loss_curve(metrics_path: Path, out_png: Path) -> None:
     import matplotlib
 
@@ -77,7 +83,8 @@ def run(cfg) -> dict:
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed,
-                                     train.mining_model or cfg.model.backbone, cfg.model.max_length)
+                                     train.mining_model or cfg.model.backbone, cfg.model.max_length,
+                                     instructions=cfg.model.instructions)
     steps = total_steps(train, summary["steps_per_epoch"])
     storage = Path(train.storage_path).resolve() if train.storage_path else run_dir / "ray_train"
     trainer = TorchTrainer(
@@ -89,7 +96,7 @@ def run(cfg) -> dict:
             "total_steps": steps,
             "pooling": cfg.model.pooling,
             "max_length": cfg.model.max_length,
-            "instructions": training_instructions(),
+            "instructions": export_instructions(cfg.model),
         },
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker}),

@@ -1,0 +1,198 @@
+"""The paper's ablations on CPU: last-token vs mean pooling, with vs without instructions, LoRA rank.
+
+Every variant trains SmolLM2-135M with the same short recipe (the real ``embedforge train`` runner
+on Ray Train + DeepSpeed) on the same labeled pairs — STSB train (score >= 4) and MSRP train
+paraphrases, written once with ``embedforge.generate.labeled.write_labeled`` — and is then scored on
+the STSB test through the real ``embedforge evaluate`` runner (mteb, local folder). Variants differ
+from the baseline (last-token pooling, instructions on, LoRA r=16) in one config switch each:
+
+    baseline        model.pooling=last_token  model.instructions=true   train.lora.r=16
+    mean_pooling    model.pooling=mean
+    no_instructions model.instructions=false  (queries encoded exactly like documents)
+    lora_r8         train.lora.r=8
+    lora_r32        train.lora.r=32
+
+plus the untrained backbone under last-token / mean pooling, with and without the instruction.
+
+Each variant runs in its own subprocess (its own local Ray instance, ``RAY_ADDRESS=local``, so it
+never joins another cluster on the machine) and leaves ``<out>/results/<variant>.json``; a rerun
+skips finished variants, so an interrupted table resumes. It is a quality measurement, not a timing
+one: run it at low priority so it only soaks idle CPU (wall times are then only indicative):
+
+    RAY_worker_niceness=19 nice -n 19 python benchmarks/ablations.py --out /tmp/embedforge-ablations
+    python benchmarks/ablations.py --out /tmp/embedforge-ablations --table   # print what is done
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "platform"))
+
+SHARED = (REPO / ".." / "shared" / "data").resolve()
+
+# name -> overrides on top of the common recipe (the baseline has none).
+TRAINED = {
+    "baseline": [],
+    "mean_pooling": ["model.pooling=mean"],
+    "no_instructions": ["model.instructions=false"],
+    "lora_r8": ["train.lora.r=8"],
+    "lora_r32": ["train.lora.r=32"],
+}
+# The untrained backbone, evaluated only (cheap next to training, so all four combinations).
+UNTRAINED = {
+    "backbone_last_token": ["model.pooling=last_token"],
+    "backbone_last_token_no_instr": ["model.pooling=last_token", "model.instructions=false"],
+    "backbone_mean": ["model.pooling=mean"],
+    "backbone_mean_no_instr": ["model.pooling=mean", "model.instructions=false"],
+}
+VARIANTS = {**TRAINED, **UNTRAINED}
+
+
+def recipe(out: Path, steps: int) -> list[str]:
+    """The overrides every variant shares (on top of configs/tiny.yaml)."""
+    data = out / "data"
+    return [
+        f"run.output_dir={out / 'runs'}", "run.seed=0",
+        "model.backbone=smollm2-135m", "model.pooling=last_token", "model.instructions=true",
+        "model.max_length=64", "model.batch_tokens=4096",
+        # One worker, ZeRO stage from configs/tiny.yaml; in-batch negatives only (the pairs have none).
+        f"train.data=[{{path: {data}, ratio: 1.0}}]", "train.num_workers=1", "train.cpus_per_worker=1",
+        "train.global_batch_size=16", "train.chunk_size=null", "train.negatives_per_query=0",
+        "train.query_max_length=48", "train.passage_max_length=48",
+        "train.lr=2.0e-4", "train.warmup_steps=5", f"train.max_steps={steps}", "train.epochs=1",
+        f"train.checkpoint_every={steps}", "train.gradient_checkpointing=false", "train.mine_negatives=false",
+        "train.lora.r=16", "train.lora.alpha=32", "train.lora.dropout=0.1", "train.max_failures=0",
+        "evaluate.tasks=[]", "evaluate.baselines={}", "evaluate.use_instructions=true",
+        f"evaluate.local_tasks=[{{kind: sts, path: {SHARED / 'stsb'}, name: STSBenchmark}}]",
+        # 2,758 short sentences: encode in the driver, no Ray Data actors to start.
+        "evaluate.shard_threshold=100000", "evaluate.shard_retrieval_corpus=false",
+    ]
+
+
+def labeled_datasets():
+    from embedforge.generate.config import LabeledDatasetConfig
+
+    return [
+        LabeledDatasetConfig(kind="sts_pairs", name="stsb-train", path=str(SHARED / "stsb" / "train.tsv"),
+                             task="Retrieve semantically similar text.", score_threshold=4.0),
+        LabeledDatasetConfig(kind="pair_classification", name="msrp-train", path=str(SHARED / "msrp" / "train.tsv"),
+                             task="Retrieve sentences that are paraphrases of the given sentence."),
+    ]
+
+
+def write_data(out: Path) -> dict[str, int]:
+    from embedforge.generate.labeled import write_labeled
+
+    data = out / "data"
+    counts_file = data / "counts.json"
+    if counts_file.is_file():
+        return json.loads(counts_file.read_text())
+    counts = write_labeled(labeled_datasets(), data, seed=0)
+    counts_file.write_text(json.dumps(counts))
+    return counts
+
+
+def stsb_score(result: dict) -> float:
+    scores = next(iter(result["scores"].values()))
+    return float(scores["STSBenchmark"])
+
+
+def run_variant(name: str, out: Path, steps: int) -> dict:
+    """Train (unless it is an untrained-backbone row) and evaluate one variant, in this process."""
+    from embedforge.config import load_config
+    from embedforge.evaluate.runner import run as evaluate
+    from embedforge.train.runner import run as train
+
+    overrides = recipe(out, steps) + [f"run.name={name}"] + VARIANTS[name]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
+    record: dict = {"variant": name, "overrides": VARIANTS[name], "pooling": cfg.model.pooling,
+                    "instructions": cfg.model.instructions, "lora_r": cfg.train.lora.r if name in TRAINED else None}
+    if name in TRAINED:
+        t0 = time.time()
+        summary = train(cfg)
+        record["train_seconds"] = round(time.time() - t0, 1)
+        record["train_steps"] = summary["total_steps"]
+        losses = [json.loads(line)["loss"] for line in Path(summary["metrics"]).read_text().splitlines()]
+        record["first_loss"], record["last_loss"] = losses[0], losses[-1]
+        cfg = load_config(REPO / "configs" / "tiny.yaml", overrides + [f"model.adapter={summary['adapter']}"])
+    else:
+        record["train_steps"], record["train_seconds"] = 0, 0.0
+    t0 = time.time()
+    result = evaluate(cfg)
+    record["eval_seconds"] = round(time.time() - t0, 1)
+    record["stsb_spearman"] = stsb_score(result)
+    return record
+
+
+def table(results: dict[str, dict]) -> str:
+    base = results.get("baseline", {}).get("stsb_spearman")
+    lines = ["| variant | pooling | instructions | LoRA r | STSB Spearman | Δ vs baseline | train steps | "
+             "train wall (min) | eval wall (min) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for name in VARIANTS:
+        r = results.get(name)
+        if r is None:
+            lines.append(f"| {name} | | | | (not run) | | | | |")
+            continue
+        score = r["stsb_spearman"]
+        delta = f"{score - base:+.3f}" if base is not None and name != "baseline" else "—"
+        lines.append(f"| {name} | {r['pooling']} | {'on' if r['instructions'] else 'off'} | "
+                     f"{r['lora_r'] or '— (untrained)'} | {score:.3f} | {delta} | {r['train_steps']} | "
+                     f"{r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def load_results(out: Path) -> dict[str, dict]:
+    found = {}
+    for name in VARIANTS:
+        f = out / "results" / f"{name}.json"
+        if f.is_file():
+            found[name] = json.loads(f.read_text())
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/embedforge-ablations"))
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps per trained variant")
+    ap.add_argument("--only", default="", help="comma-separated variants (default: all, in table order)")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    ap.add_argument("--table", action="store_true", help="print the table of finished variants and exit")
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    (out / "results").mkdir(parents=True, exist_ok=True)
+
+    if args.variant:
+        record = run_variant(args.variant, out, args.steps)
+        (out / "results" / f"{args.variant}.json").write_text(json.dumps(record, indent=2))
+        print(json.dumps(record), flush=True)
+        return 0
+    if not args.table:
+        wanted = [v for v in args.only.split(",") if v] or list(VARIANTS)
+        unknown = [v for v in wanted if v not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
+        print("labeled rows:", write_data(out), flush=True)
+        env = dict(os.environ, RAY_ADDRESS="local")  # a private Ray per variant, never someone's cluster
+        for name in wanted:
+            if (out / "results" / f"{name}.json").is_file():
+                print(f"[{name}] done already", flush=True)
+                continue
+            print(f"[{name}] starting {time.strftime('%H:%M:%S')}", flush=True)
+            cmd = [sys.executable, __file__, "--out", str(out), "--steps", str(args.steps), "--variant", name]
+            rc = subprocess.call(cmd, env=env, cwd=REPO)
+            print(f"[{name}] exit {rc} {time.strftime('%H:%M:%S')}", flush=True)
+    print(table(load_results(out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
