@@ -5,6 +5,7 @@ The end-to-end CPU run of the script is tests/integration/test_gpu_check.py.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -18,14 +19,32 @@ MISTRAL_7B_TOTAL = 7_241_732_096  # Mistral-7B-v0.1's published parameter count 
 MISTRAL_EMBEDDING = 32000 * 4096
 
 
-def test_mistral_shape_has_mistral_7b_parameter_count():
-    model = gpu_check.build_backbone("mistral-7b", 32, torch.bfloat16, torch.device("meta"))
+@pytest.fixture(scope="module")
+def meta_mistral():
+    """The full shape on the meta device: the module tree and parameter shapes, no memory."""
+    return gpu_check.build_backbone("mistral-7b", 32, torch.bfloat16, torch.device("meta"))
+
+
+def test_mistral_shape_has_mistral_7b_parameter_count(meta_mistral):
+    model = meta_mistral
     body, embedding = gpu_check.count_parameters(model)
     assert embedding == MISTRAL_EMBEDDING
     # The backbone has no LM head: the published total minus the (untied) embedding and head.
     assert body == MISTRAL_7B_TOTAL - 2 * MISTRAL_EMBEDDING
     cfg = model.config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (32, 8, 14336)
+
+
+def test_lora_on_the_mistral_shape_has_the_papers_42m_parameters(meta_mistral):
+    from embedforge.train.config import LoraSettings
+    from embedforge.train.model import add_lora
+
+    # A copy: add_lora wraps the module in place, and the fixture is shared.
+    peft_model = add_lora(copy.deepcopy(meta_mistral), LoraSettings(r=16, alpha=32, dropout=0.0, target_modules="all-linear"))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    # r x (in + out) per linear layer: q, k, v, o, gate, up, down; x 32 layers ("42M", paper App. A).
+    per_layer = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 3)
+    assert trainable == 32 * per_layer == 41_943_040
 
 
 def test_forward_flops_is_two_per_parameter_token_plus_attention():
