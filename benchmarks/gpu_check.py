@@ -230,13 +230,12 @@ def measure_training(model, device: torch.device, args, n_params: int, peak: flo
     vocab, layers, hidden = cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size
     batches = [synthetic_batch(args.batch, args.query_length, args.doc_length, vocab, seed)
                for seed in range(args.steps + 1)]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
     # The same global batch, same weights: one uncached forward vs. the gradient-cached step's loss.
     with torch.no_grad():
         plain_loss = float(contrastive_backward(engine, batches[0], PAD_ID, TEMPERATURE, None, _NoBackward(),
                                                 device=device))
+    if device.type == "cuda":  # the peak of the training steps alone (weights and optimizer state included)
+        torch.cuda.reset_peak_memory_stats(device)
     steps = []
     for i, local in enumerate(batches):
         synchronize(device)
