@@ -343,7 +343,8 @@ def markdown(report: dict) -> str:
         "",
         "| what | value |",
         "|---|---|",
-        f"| model | random-init {report['shape']} shape, {shape['layers']} of {shape['layers_requested']} layers, "
+        f"| model | random-init {report['shape']} shape, {shape['layers']} layers (full shape "
+        f"{shape['layers_full_shape']}), "
         f"hidden {shape['hidden_size']}, {fmt(shape['parameters_without_embedding'] / 1e6, 1)} M params "
         f"w/o embedding, {report['dtype']} |",
     ]
@@ -444,6 +445,7 @@ def main(argv=None) -> int:
                                                              "num_key_value_heads", "intermediate_size",
                                                              "vocab_size")},
                        "layers": result["layers"], "layers_requested": requested,
+                       "layers_full_shape": SHAPES[args.shape]["num_hidden_layers"],
                        "parameters_without_embedding": result["parameters_without_embedding"],
                        "embedding_parameters": result.get("embedding_parameters", 0)}
     report["encode"] = result.get("encode", {})

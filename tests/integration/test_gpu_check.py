@@ -66,7 +66,7 @@ def test_encoding_throughput(tiny_run):
 def test_report_files(tiny_run):
     report, table, stdout = tiny_run
     assert report["attempts"] == [{"layers": 2, "ok": True}] and "fallback" not in report
-    assert report["model"]["layers"] == report["model"]["layers_requested"] == 2
+    assert report["model"]["layers"] == report["model"]["layers_requested"] == report["model"]["layers_full_shape"] == 2
     assert "forward(s) = 2(N+N_lora)s" in report["flops_formula"]
     rows = [line for line in table.splitlines() if line.startswith("|")]
     assert len(rows) >= 9
