@@ -132,20 +132,75 @@ def run_variant(name: str, out: Path, steps: int) -> dict:
     return record
 
 
-def table(results: dict[str, dict]) -> str:
+def stsb_test() -> tuple[list[str], list[str], list[float]]:
+    from embedforge.evaluate.tasks import read_sts
+
+    rows = read_sts(SHARED / "stsb", "test")
+    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [r["score"] for r in rows]
+
+
+def pair_cosines(out: Path, name: str):
+    """Cosine per STSB test pair, from the variant's embedding cache (None when it cannot be read
+    unambiguously: the cache holds one namespace per model + instruction, and STS instructs both
+    sides alike, so a finished variant has exactly one)."""
+    import numpy as np
+
+    from embedforge.evaluate.cache import EmbeddingCache, text_hash
+
+    root = out / "runs" / name / "embedding_cache"
+    spaces = [d.name for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    if len(spaces) != 1:
+        return None
+    cache = EmbeddingCache(root, spaces[0])
+    s1, s2, _ = stsb_test()
+    a, b = cache.get_many([text_hash(t) for t in s1]), cache.get_many([text_hash(t) for t in s2])
+    if len(a) < len(set(s1)) or len(b) < len(set(s2)):
+        return None
+    va = np.stack([a[text_hash(t)] for t in s1])
+    vb = np.stack([b[text_hash(t)] for t in s2])
+    return (va * vb).sum(1) / (np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1))
+
+
+def delta_interval(out: Path, name: str, rounds: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """95% paired-bootstrap interval of Spearman(variant) - Spearman(baseline) over STSB test pairs:
+    how much of a difference the 1,379 test pairs alone can produce."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    base, cand = pair_cosines(out, "baseline"), pair_cosines(out, name)
+    if base is None or cand is None:
+        return None
+    gold = np.asarray(stsb_test()[2], dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(gold), size=(rounds, len(gold)))
+
+    def spearman(x):  # row-wise Spearman of each resample against the resampled gold scores
+        rx, rg = rankdata(x[idx], axis=1), rankdata(gold[idx], axis=1)
+        rx -= rx.mean(1, keepdims=True)
+        rg -= rg.mean(1, keepdims=True)
+        return (rx * rg).sum(1) / np.sqrt((rx ** 2).sum(1) * (rg ** 2).sum(1))
+
+    diffs = spearman(cand) - spearman(base)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def table(results: dict[str, dict], out: Path | None = None) -> str:
     base = results.get("baseline", {}).get("stsb_spearman")
-    lines = ["| variant | pooling | instructions | LoRA r | STSB Spearman | Δ vs baseline | train steps | "
-             "train wall (min) | eval wall (min) |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | pooling | instructions | LoRA r | STSB Spearman | Δ vs baseline | Δ 95% CI | "
+             "train steps | train wall (min) | eval wall (min) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in VARIANTS:
         r = results.get(name)
         if r is None:
-            lines.append(f"| {name} | | | | (not run) | | | | |")
+            lines.append(f"| {name} | | | | (not run) | | | | | |")
             continue
         score = r["stsb_spearman"]
         delta = f"{score - base:+.3f}" if base is not None and name != "baseline" else "—"
+        ci = delta_interval(out, name) if out is not None and base is not None and name != "baseline" else None
+        ci_s = f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "—"
         lines.append(f"| {name} | {r['pooling']} | {'on' if r['instructions'] else 'off'} | "
-                     f"{r['lora_r'] or '— (untrained)'} | {score:.3f} | {delta} | {r['train_steps']} | "
+                     f"{r['lora_r'] or '— (untrained)'} | {score:.3f} | {delta} | {ci_s} | {r['train_steps']} | "
                      f"{r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
@@ -190,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--out", str(out), "--steps", str(args.steps), "--variant", name]
             rc = subprocess.call(cmd, env=env, cwd=REPO)
             print(f"[{name}] exit {rc} {time.strftime('%H:%M:%S')}", flush=True)
-    print(table(load_results(out)))
+    print(table(load_results(out), out))
     return 0
 
 
