@@ -5,7 +5,8 @@ import pytest
 from embedforge.config import EmbedforgeConfig, load_config
 from embedforge.section import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
@@ -15,6 +16,9 @@ def test_there_are_shipped_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_round_trips(path):
+    # cpu-quality.yaml trains and evaluates on the local data copies; paths resolve from the repo root.
+    if "../shared/data" in path.read_text() and not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip("needs ../shared/data (the local copies of the public data sets)")
     cfg = load_config(path)
     assert isinstance(cfg, EmbedforgeConfig)
     # what the config prints loads back to the same values
