@@ -49,8 +49,8 @@ TRAINED = {
 # The untrained backbone, evaluated only (cheap next to training, so all four combinations).
 UNTRAINED = {
     "backbone_last_token": ["model.pooling=last_token"],
-    "backbone_last_token_no_instr": ["model.pooling=last_token", "model.instructions=false"],
     "backbone_mean": ["model.pooling=mean"],
+    "backbone_last_token_no_instr": ["model.pooling=last_token", "model.instructions=false"],
     "backbone_mean_no_instr": ["model.pooling=mean", "model.instructions=false"],
 }
 VARIANTS = {**TRAINED, **UNTRAINED}
