@@ -115,6 +115,13 @@ def test_bad_train_settings_fail_at_load_naming_the_key(override, key):
     assert key in str(err.value)
 
 
+def test_fp16_on_cpu_is_refused_at_load_naming_the_setting():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.deepspeed.precision=fp16", "train.use_gpu=false"])
+    assert "train.deepspeed.precision=fp16" in str(err.value) and "'bf16', 'fp32'" in str(err.value)
+    assert load_config(None, ["train.deepspeed.precision=fp16", "train.use_gpu=true"]).train.deepspeed.precision == "fp16"
+
+
 def test_shipped_configs_train_sections_load(repo_root):
     tiny = load_config(str(repo_root / "configs/tiny.yaml"), [])
     assert tiny.train.num_workers == 2 and tiny.train.deepspeed.stage == 3

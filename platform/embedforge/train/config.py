@@ -89,6 +89,17 @@ class TrainConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fp16_needs_a_gpu(self) -> TrainConfig:
+        # DeepSpeed's CPU accelerator has no fp16 ("Type fp16 is not supported on your device"):
+        # say so at config load, not after the workers have started.
+        if self.deepspeed.precision == "fp16" and not self.use_gpu:
+            raise ValueError(
+                "train.deepspeed.precision=fp16 needs train.use_gpu=true (DeepSpeed has no fp16 on CPU); "
+                "allowed on CPU: 'bf16', 'fp32'"
+            )
+        return self
+
     @property
     def local_batch_size(self) -> int:
         return self.global_batch_size // self.num_workers
