@@ -102,7 +102,9 @@ def start_embedforge(model_dir: str) -> str:
     # Raylet starts workers at niceness 15 by default; the replica (and proxy) would then lose every CPU
     # contest against the nice-0 infinity process on a shared machine. Equal footing: niceness 0.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    init_ray(num_cpus=os.cpu_count(), include_dashboard=False)
+    # A private local instance: joining a `ray start` cluster already on the machine would measure that
+    # cluster's worker settings (and its other work), not a replica of this benchmark's own.
+    init_ray(address="local", include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}/v1/embeddings"

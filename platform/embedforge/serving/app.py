@@ -106,7 +106,8 @@ class EmbeddingDeployment:
     async def _encode_batch(self, chunks: list[list[list[int]]]):
         self.metrics.record_batch(sum(len(c) for c in chunks), padded_tokens(chunks))
         # The forward pass runs in a thread so the replica keeps accepting requests (and the next batch fills).
-        return await asyncio.to_thread(encode_chunks, self.encoder, chunks, self.batch_tokens)
+        return await asyncio.to_thread(encode_chunks, self.encoder, chunks, self.batch_tokens,
+                                       self.cfg.serve.forward_overhead_tokens)
 
     async def check_health(self) -> None:
         await self.service.check_health(timeout_s=self.cfg.serve.health_check_timeout_s)

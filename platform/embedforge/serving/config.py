@@ -48,6 +48,11 @@ class ServeConfig(Section):
     # must be at least model.max_length so any single input fits.
     max_batch_tokens: int = Field(16384, ge=2)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
+    # The fixed cost of one forward pass, in token-equivalents. A batch gathered from concurrent
+    # requests is length-sorted and cut into several passes wherever the padding saved exceeds this:
+    # 0 -> a pass per distinct length; very large -> as few passes as max_batch_tokens allows.
+    # Small on CPU (per-pass cost is small next to per-token cost), large on GPUs (which want big batches).
+    forward_overhead_tokens: int = Field(64, ge=0)
     # Over-long inputs: false -> 400 naming the limit; true -> cut to model.max_length like offline encode.
     truncate: bool = False
     # API keys (Bearer). Both empty or unset -> no auth. Keys are comma/newline separated.

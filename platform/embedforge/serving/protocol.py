@@ -6,10 +6,16 @@ Pure functions and pydantic models only (no Ray, no model), so every rule is uni
 from __future__ import annotations
 
 import base64
+import json
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+try:  # optional: the fast JSON encoder for responses (embeddings_response_json)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only where orjson is not installed
+    _orjson = None
 
 # OpenAI's own limit on inputs per request.
 OPENAI_MAX_INPUTS = 2048
@@ -143,6 +149,28 @@ def embeddings_response(vectors: np.ndarray, encoding_format: str, model: str, p
         "model": model,
         "usage": {"prompt_tokens": int(prompt_tokens), "total_tokens": int(prompt_tokens)},
     }
+
+
+def embeddings_response_json(vectors: np.ndarray, encoding_format: str, model: str, prompt_tokens: int) -> bytes:
+    """The response body as JSON bytes: ``embeddings_response``, serialised fast.
+
+    With orjson, float vectors are written straight from the float32 array as float32's shortest
+    round-trip decimals (~9 digits; parsing them back gives the same float32 bits). The stdlib
+    fallback writes each value as a Python float (17 digits, the same float32 after parsing) and
+    costs ~20x more CPU per request (~1 ms for 8 x 384 floats).
+    """
+    if _orjson is None or encoding_format != "float":
+        body = embeddings_response(vectors, encoding_format, model, prompt_tokens)
+        if _orjson is not None:
+            return _orjson.dumps(body)
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return _orjson.dumps({
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": int(prompt_tokens), "total_tokens": int(prompt_tokens)},
+    }, option=_orjson.OPT_SERIALIZE_NUMPY)
 
 
 def validation_error_to_api_error(errors: list[dict]) -> APIError:

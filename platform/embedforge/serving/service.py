@@ -17,20 +17,20 @@ from collections.abc import Awaitable, Callable, Sequence
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedforge.prompts import eos_token_id, format_query, tokenize_with_eos
 from embedforge.serving.auth import key_is_valid
-from embedforge.serving.batching import split_for_budget
+from embedforge.serving.batching import forward_groups, split_for_budget
 from embedforge.serving.metrics import CountingMetrics
 from embedforge.serving.protocol import (
     APIError,
     EmbeddingRequest,
     check_dimensions,
     check_token_ids,
-    embeddings_response,
+    embeddings_response_json,
     error_body,
     parse_input,
     truncate_dimensions,
@@ -43,10 +43,17 @@ EncodeChunk = Callable[[list[list[int]]], Awaitable[np.ndarray]]
 HEALTH_TEXT = "embedforge health check"
 
 
-def encode_chunks(encoder, chunks: Sequence[Sequence[Sequence[int]]], batch_tokens: int) -> list[np.ndarray]:
-    """One batch of chunks (from many requests) -> one array per chunk; length-sorted inside."""
+def encode_chunks(encoder, chunks: Sequence[Sequence[Sequence[int]]], batch_tokens: int,
+                  overhead_tokens: int = 0) -> list[np.ndarray]:
+    """One batch of chunks (from many requests) -> one array per chunk.
+
+    The rows are length-sorted and cut into forward passes by ``forward_groups`` (padding saved vs
+    ``overhead_tokens`` per extra pass), each within ``batch_tokens`` padded tokens.
+    """
     flat = [seq for chunk in chunks for seq in chunk]
-    vectors = encoder.encode_ids(flat, batch_tokens=batch_tokens, show_progress=False)
+    vectors = np.empty((len(flat), encoder.dim), dtype=np.float32)
+    for group in forward_groups([len(s) for s in flat], batch_tokens, overhead_tokens):
+        vectors[group] = encoder.encode_ids([flat[i] for i in group], batch_tokens=batch_tokens, show_progress=False)
     out, start = [], 0
     for chunk in chunks:
         out.append(vectors[start:start + len(chunk)])
@@ -78,7 +85,8 @@ class EmbeddingService:
 
     async def _encode_chunk_in_thread(self, chunk: list[list[int]]) -> np.ndarray:
         async with self._lock:
-            return (await asyncio.to_thread(encode_chunks, self.encoder, [chunk], self.budget))[0]
+            return (await asyncio.to_thread(encode_chunks, self.encoder, [chunk], self.budget,
+                                            self.cfg.forward_overhead_tokens))[0]
 
     # -- request -> token sequences -------------------------------------------------------------
     def resolve_instruction(self, req: EmbeddingRequest) -> str | None:
@@ -126,7 +134,8 @@ class EmbeddingService:
         ]
 
     # -- the endpoint ------------------------------------------------------------------------------
-    async def embed(self, req: EmbeddingRequest) -> dict:
+    async def embed(self, req: EmbeddingRequest) -> bytes:
+        """The JSON body of the response to one valid request (raises ``APIError`` otherwise)."""
         if req.model != self.model_name:
             raise APIError(404, f"model {req.model!r} is not served here; this endpoint serves {self.model_name!r}",
                            "model", "model_not_found")
@@ -136,7 +145,7 @@ class EmbeddingService:
         vectors = truncate_dimensions(vectors, req.dimensions)
         tokens = sum(len(s) for s in sequences)
         self.metrics.record_request(200, len(sequences), tokens)
-        return embeddings_response(vectors, req.encoding_format, self.model_name, tokens)
+        return embeddings_response_json(vectors, req.encoding_format, self.model_name, tokens)
 
     async def encode(self, sequences: list[list[int]]) -> np.ndarray:
         groups = split_for_budget(sequences, self.budget)
@@ -209,7 +218,7 @@ def create_app(service: EmbeddingService) -> FastAPI:
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
     async def create_embeddings(req: EmbeddingRequest):
-        return JSONResponse(await service.embed(req))
+        return Response(await service.embed(req), media_type="application/json")
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models():
