@@ -176,6 +176,8 @@ def test_concurrent_requests_share_token_budget_batches(endpoint):
     assert max(s["max_batch_inputs"] for s in stats) > len(TEXTS)
     # ...and none went over the token budget.
     assert all(0 < s["max_batch_padded_tokens"] <= s["max_batch_tokens"] == 2048 for s in stats if s["batches"])
+    # Replicas report the intra-op threads they run with (serve.torch_threads, set to 1 above).
+    assert {s["torch_threads"] for s in stats} == {1}
 
 
 def test_fuzzed_bodies_never_5xx(endpoint):

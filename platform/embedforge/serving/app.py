@@ -63,6 +63,14 @@ def check_serving_config(cfg) -> None:
                           f"({cfg.model.max_length}) so that any single input fits in a batch")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cpusets), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def served_model_name(cfg) -> str:
     from embedforge.serving.model import default_model_name
 
@@ -83,8 +91,9 @@ class EmbeddingDeployment:
         from embedforge.serving.service import EmbeddingService
 
         cfg = EmbedforgeConfig.model_validate(config)
-        # Ray pins OMP threads to the actor's num_cpus (1 by default); the model should use the node's cores.
-        torch.set_num_threads(cfg.serve.torch_threads or os.cpu_count() or 1)
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (a scheduling hint, often fractional or 1), so
+        # torch would use one core; the model should use the cores this process may really run on.
+        torch.set_num_threads(cfg.serve.torch_threads or usable_cpus())
         self.cfg = cfg
         self.encoder = load_encoder(cfg.model)
         self.batch_tokens = min(cfg.model.batch_tokens, cfg.serve.max_batch_tokens)
@@ -114,7 +123,10 @@ class EmbeddingDeployment:
 
     def stats(self) -> dict:
         """This replica's counters (through a deployment handle; Prometheus has the same series)."""
-        return {**self.metrics.snapshot(), "max_batch_tokens": self.cfg.serve.max_batch_tokens, "pid": os.getpid()}
+        import torch
+
+        return {**self.metrics.snapshot(), "max_batch_tokens": self.cfg.serve.max_batch_tokens, "pid": os.getpid(),
+                "torch_threads": torch.get_num_threads()}
 
 
 def deployment_options(serve_cfg) -> dict:

@@ -58,7 +58,8 @@ class ServeConfig(Section):
     # API keys (Bearer). Both empty or unset -> no auth. Keys are comma/newline separated.
     api_key_env: str = "EMBEDFORGE_API_KEYS"
     api_key_file: str | None = None
-    # Torch intra-op threads per replica; 0 -> all CPUs the node has (Ray sets 1 otherwise).
+    # Torch intra-op threads per replica; 0 -> every CPU the replica process may run on (its affinity
+    # mask). Ray would otherwise leave torch at ray_actor_options.num_cpus threads (1 by default).
     torch_threads: int = Field(0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
     # Ray Serve's per-request access log line (costs CPU at high request rates).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -13,6 +14,10 @@ def run(cfg, block: bool = True) -> dict:
     from embedforge.serving.app import build_app, served_model_name
 
     app = build_app(cfg)  # validates config and reads API keys before touching Ray
+    # Ray starts its workers at niceness 15, so a replica would yield the CPU to any other process on the
+    # machine. When this call starts the local Ray instance, the replica (the product) runs at normal
+    # priority instead; a cluster started apart needs RAY_worker_niceness=0 in `ray start`'s environment.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     init_ray()
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
