@@ -21,6 +21,7 @@ from embedforge.serving.protocol import (
     check_dimensions,
     decode_base64_vector,
     embeddings_response,
+    embeddings_response_json,
     encode_vector,
     error_body,
     parse_input,
@@ -91,6 +92,24 @@ def test_response_and_error_shapes():
     assert [d["index"] for d in r["data"]] == [0, 1] and r["data"][1]["embedding"] == [0.0, 1.0]
     assert error_body("m", param="input") == {"error": {"message": "m", "type": "invalid_request_error",
                                                         "param": "input", "code": None}}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_response_json_round_trips_float32_exactly(fast, monkeypatch):
+    import json
+
+    from embedforge.serving import protocol
+
+    if not fast:
+        monkeypatch.setattr(protocol, "_orjson", None)  # the stdlib fallback
+    v = np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32)[:, ::2]  # not C-contiguous
+    for fmt in ("float", "base64"):
+        body = json.loads(embeddings_response_json(v, fmt, "m", 9))
+        assert body == {**embeddings_response(v, fmt, "m", 9), "data": body["data"]}
+        got = [decode_base64_vector(d["embedding"]) if fmt == "base64" else np.array(d["embedding"], dtype=np.float32)
+               for d in body["data"]]
+        assert [d["index"] for d in body["data"]] == [0, 1, 2]
+        np.testing.assert_array_equal(np.stack(got), v)  # bit-exact float32 after parsing
 
 
 # -- batching maths -----------------------------------------------------------------------------------

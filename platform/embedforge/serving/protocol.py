@@ -164,7 +164,7 @@ def embeddings_response_json(vectors: np.ndarray, encoding_format: str, model: s
         if _orjson is not None:
             return _orjson.dumps(body)
         return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # orjson serialises C-contiguous rows only
     return _orjson.dumps({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
