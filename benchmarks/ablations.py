@@ -16,8 +16,12 @@ plus the untrained backbone under last-token / mean pooling, with and without th
 
 Each variant runs in its own subprocess (its own local Ray instance, ``RAY_ADDRESS=local``, so it
 never joins another cluster on the machine) and leaves ``<out>/results/<variant>.json``; a rerun
-skips finished variants, so an interrupted table resumes. It is a quality measurement, not a timing
-one: run it at low priority so it only soaks idle CPU (wall times are then only indicative):
+skips finished variants, and a variant interrupted after training only re-evaluates (its embedding
+cache keeps what was encoded), so an interrupted table resumes. Run variants one at a time (the
+default): two trainings side by side on 24 GB tripped Ray's memory monitor.
+
+It is a quality measurement, not a timing one: run it at low priority so it only soaks idle CPU
+(wall times are then only indicative):
 
     RAY_worker_niceness=19 nice -n 19 python benchmarks/ablations.py --out /tmp/embedforge-ablations
     python benchmarks/ablations.py --out /tmp/embedforge-ablations --table   # print what is done
@@ -116,9 +120,16 @@ def run_variant(name: str, out: Path, steps: int) -> dict:
     record: dict = {"variant": name, "overrides": VARIANTS[name], "pooling": cfg.model.pooling,
                     "instructions": cfg.model.instructions, "lora_r": cfg.train.lora.r if name in TRAINED else None}
     if name in TRAINED:
-        t0 = time.time()
-        summary = train(cfg)
-        record["train_seconds"] = round(time.time() - t0, 1)
+        done = cfg.run.dir / "train" / "summary.json"
+        if done.is_file():  # trained before an interruption: evaluate that adapter (its cache resumes too)
+            summary = json.loads(done.read_text())
+            wall = done.parent / "wall.json"
+            record["train_seconds"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
+        else:
+            t0 = time.time()
+            summary = train(cfg)
+            record["train_seconds"] = round(time.time() - t0, 1)
+            (done.parent / "wall.json").write_text(json.dumps({"seconds": record["train_seconds"]}))
         record["train_steps"] = summary["total_steps"]
         losses = [json.loads(line)["loss"] for line in Path(summary["metrics"]).read_text().splitlines()]
         record["first_loss"], record["last_loss"] = losses[0], losses[-1]
@@ -185,6 +196,10 @@ def delta_interval(out: Path, name: str, rounds: int = 1000, seed: int = 0) -> t
     return float(lo), float(hi)
 
 
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def table(results: dict[str, dict], out: Path | None = None) -> str:
     base = results.get("baseline", {}).get("stsb_spearman")
     lines = ["| variant | pooling | instructions | LoRA r | STSB Spearman | Δ vs baseline | Δ 95% CI | "
@@ -201,7 +216,7 @@ def table(results: dict[str, dict], out: Path | None = None) -> str:
         ci_s = f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "—"
         lines.append(f"| {name} | {r['pooling']} | {'on' if r['instructions'] else 'off'} | "
                      f"{r['lora_r'] or '— (untrained)'} | {score:.3f} | {delta} | {ci_s} | {r['train_steps']} | "
-                     f"{r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} |")
+                     f"{_minutes(r['train_seconds'])} | {_minutes(r['eval_seconds'])} |")
     return "\n".join(lines)
 
 
