@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     model_dir = args.model_dir or resolve_backbone("all-minilm-l6-v2")
     batches = stsb_batches(args.stsb, args.per_request, args.requests)
     results = {"machine": f"{os.cpu_count()} CPUs", "model_dir": model_dir, "requests": args.requests,
-               "per_request": args.per_request, "rounds": []}
+               "per_request": args.per_request, "rounds": [], "load_start": os.getloadavg()[0]}
     raw = RawEncode(model_dir, batches)
     servers = {"embedforge": start_embedforge(model_dir)}
     inf_proc = None
@@ -222,6 +222,9 @@ def main(argv=None) -> int:
                         "ratio_vs_infinity_same_concurrency": ours[ref]["inputs_per_s"] / inf[ref]["inputs_per_s"],
                         "ratio_vs_infinity_at_equal_p99": best / inf[ref]["inputs_per_s"],
                         "equal_p99_concurrency": at_c})
+    # Other work on the machine distorts every figure (the raw encode's large 2-thread batches most:
+    # a preempted thread stalls the other at each barrier); the load average says how idle it was.
+    summary["load_average_1m_start_end"] = [round(results.pop("load_start"), 1), round(os.getloadavg()[0], 1)]
     results["summary"] = summary
     print(json.dumps(summary, indent=2))
     if args.out:
