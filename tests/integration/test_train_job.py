@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# Three steps, a checkpoint after the second: enough to kill a run between checkpoints and resume it.
+SHORT_RUN = ["train.max_steps=3", "train.epochs=1", "train.checkpoint_every=2", "train.warmup_steps=0", "train.lr=1e-4"]
 TOPICS = ["cats", "rivers", "stocks", "music", "bread", "rockets", "trees", "chess", "rain", "coffee", "glass", "maps"]
 
 
@@ -51,7 +53,7 @@ def submit_args(cluster, out: Path, data: Path, submission_id: str, wait: bool) 
     return ["job", "submit", "--address", cluster["dashboard"], "--submission-id", submission_id,
             *([] if wait else ["--no-wait"]), "--working-dir", ".", "--",
             "python", "jobs/train.py", "--config", "configs/tiny.yaml", f"run.output_dir={out}",
-            f"train.data=[{{path: {data}}}]"]
+            f"train.data=[{{path: {data}}}]", *SHORT_RUN]
 
 
 def wait_for(predicate, timeout: float, what: str):
