@@ -103,3 +103,19 @@ def test_run_fails_before_ray_when_a_lora_target_is_absent(tmp_path):
                              "train.lora.target_modules=[c_attn]"])
     with pytest.raises(ValueError, match=r"train\.lora\.target_modules.*c_attn"):
         run(cfg)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean"])
+def test_sentence_transformers_dir_keeps_the_models_pooling(exported, tmp_path, pooling):
+    """A mean- or weighted-mean-pooled model exports that pooling (not last-token), so the directory
+    still encodes exactly like the platform's Encoder."""
+    from sentence_transformers import SentenceTransformer
+
+    root, adapter, merged, _ = exported
+    st_dir = save_sentence_transformers(merged, tmp_path / "st", max_length=16, instructions={}, pooling=pooling)
+    model, tok = load_backbone(str(root / "base"), adapter=str(adapter))
+    enc = Encoder(model, tok, pooling=pooling, max_length=16)
+    st = SentenceTransformer(str(st_dir), device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS), enc.encode(TEXTS), atol=1e-5)
+    last = Encoder(model, tok, pooling="last_token", max_length=16).encode(TEXTS)
+    assert not np.allclose(st.encode(TEXTS), last, atol=1e-3)

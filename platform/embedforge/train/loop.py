@@ -109,6 +109,7 @@ def train_loop_per_worker(config: dict) -> None:
         adapter = save_adapter(engine.module, state, out_dir / "adapter")
         merged = save_merged(config["backbone_path"], adapter, out_dir / "merged")
         save_sentence_transformers(merged, out_dir / "sentence_transformers", config["max_length"],
-                                   config.get("instructions", {}))
+                                   config.get("instructions", {}), pooling=config["pooling"],
+                                   normalize=config.get("normalize", True))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

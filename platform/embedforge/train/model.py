@@ -146,10 +146,17 @@ def query_prompts(instructions: dict[str, str]) -> dict[str, str]:
     return {name: prefix.format(instruction=text.strip()) for name, text in instructions.items() if text.strip()}
 
 
+# embedforge pooling name -> sentence-transformers pooling_mode (both weight positions 1..n for weighted_mean).
+ST_POOLING_MODES = {"last_token": "lasttoken", "mean": "mean", "weighted_mean": "weightedmean"}
+
+
 def save_sentence_transformers(
-    merged_dir: str | Path, out_dir: str | Path, max_length: int, instructions: dict[str, str]
+    merged_dir: str | Path, out_dir: str | Path, max_length: int, instructions: dict[str, str],
+    pooling: str = "last_token", normalize: bool = True,
 ) -> Path:
-    """A sentence-transformers directory: Transformer -> last-token Pooling -> Normalize."""
+    """A sentence-transformers directory: Transformer -> Pooling (the model's) -> Normalize."""
+    if pooling not in ST_POOLING_MODES:
+        raise ValueError(f"pooling {pooling!r} has no sentence-transformers export; allowed: {sorted(ST_POOLING_MODES)}")
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -173,8 +180,9 @@ def save_sentence_transformers(
     prompts = query_prompts(instructions)
     try:
         transformer = Transformer(str(work), max_seq_length=max_length)
-        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
-        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=prompts, device="cpu")
+        pool = Pooling(transformer.get_embedding_dimension(), pooling_mode=ST_POOLING_MODES[pooling])
+        modules = [transformer, pool, Normalize()] if normalize else [transformer, pool]
+        st = SentenceTransformer(modules=modules, prompts=prompts, device="cpu")
         st.save(str(out_dir))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -95,6 +95,7 @@ def run(cfg) -> dict:
             "out_dir": str(out_dir),
             "total_steps": steps,
             "pooling": cfg.model.pooling,
+            "normalize": cfg.model.normalize,
             "max_length": cfg.model.max_length,
             "instructions": export_instructions(cfg.model),
         },
