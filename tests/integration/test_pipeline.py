@@ -6,9 +6,8 @@ model must beat its own backbone on STSB. Then the same command, submitted with 
 running cluster, finds every stage complete and only rewrites the report.
 
 The longest test of the suite (~20 min on 2 cores: generation with the 135M local teacher, then STSB
-encoded by the tuned model and the backbone). Marked ``slow`` until the tiny recipe clears the STSB
-margin reliably: with 30 steps on the seed pairs + generated rows it scored 0.278 against the backbone's
-0.267 (measured 2026-11-27), short of the 0.02 margin asserted below.
+encoded by the tuned model and the backbone). Measured for the tiny recipe (30 steps, lr 1e-3, seed
+pairs + generated rows): STSB 0.376 against the backbone's 0.267.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("generate", "split", "train", "evaluate", "serve", "report")
