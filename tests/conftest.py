@@ -37,9 +37,10 @@ def pytest_collection_modifyitems(config, items):
     # Tests under tests/unit and tests/integration get their tier marker from the folder.
     for item in items:
         path = str(item.fspath)
-        if f"{os.sep}unit{os.sep}" in path and "unit" not in item.keywords:
+        # (not `item.keywords`: it also holds the package names `unit` / `integration`)
+        if f"{os.sep}unit{os.sep}" in path and item.get_closest_marker("unit") is None:
             item.add_marker(pytest.mark.unit)
-        if f"{os.sep}integration{os.sep}" in path and "integration" not in item.keywords:
+        if f"{os.sep}integration{os.sep}" in path and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)
 
 
