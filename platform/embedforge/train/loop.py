@@ -110,6 +110,6 @@ def train_loop_per_worker(config: dict) -> None:
         merged = save_merged(config["backbone_path"], adapter, out_dir / "merged")
         save_sentence_transformers(merged, out_dir / "sentence_transformers", config["max_length"],
                                    config.get("instructions", {}), pooling=config["pooling"],
-                                   normalize=config.get("normalize", True))
+                                   normalize=config["normalize"])
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
