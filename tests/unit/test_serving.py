@@ -278,6 +278,17 @@ def test_instruction_and_task(client, encoder):
     assert_openai_error(embed(client, input=[1, 2], instruction="y"), 400, "instruction")
 
 
+def test_model_trained_without_instructions_refuses_them(encoder):
+    cfg = ServeConfig(max_inputs=16, max_batch_tokens=512)
+    client = TestClient(create_app(EmbeddingService(encoder, MODEL, cfg, instructions=False)),
+                        raise_server_exceptions=False)
+    err = assert_openai_error(embed(client, input="x", instruction="Retrieve similar sentences"), 400, "instruction")
+    assert "model.instructions" in err["message"] and err["code"] == "instructions_disabled"
+    assert_openai_error(embed(client, input="x", task="SciFact"), 400, "task")
+    r = embed(client, input=TEXTS[:2])
+    np.testing.assert_allclose(vectors(r), encoder.encode(TEXTS[:2]), atol=1e-5)
+
+
 def test_token_arrays_equal_text(client, encoder):
     ids = [encoder.tokenizer(t)["input_ids"] for t in TEXTS[:2]]
     r = embed(client, input=ids)

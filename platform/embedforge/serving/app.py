@@ -102,7 +102,8 @@ class EmbeddingDeployment:
         self._encode_batch.set_max_batch_size(cfg.serve.max_batch_tokens)
         self._encode_batch.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
         self.service = EmbeddingService(self.encoder, name, cfg.serve, key_digests,
-                                        encode_chunk=self._encode_batch, metrics=self.metrics)
+                                        encode_chunk=self._encode_batch, metrics=self.metrics,
+                                        instructions=cfg.model.instructions)
         log.info("serving %s (dim %d, max_length %d, auth %s)", name, self.encoder.dim, self.encoder.max_length,
                  "on" if key_digests else "off")
 

@@ -63,8 +63,12 @@ def encode_chunks(encoder, chunks: Sequence[Sequence[Sequence[int]]], batch_toke
 
 class EmbeddingService:
     def __init__(self, encoder, model_name: str, serve_cfg, key_digests: Sequence[str] = (),
-                 encode_chunk: EncodeChunk | None = None, metrics: CountingMetrics | None = None):
+                 encode_chunk: EncodeChunk | None = None, metrics: CountingMetrics | None = None,
+                 instructions: bool = True):
         self.encoder = encoder
+        # False for a model trained without instructions (``model.instructions: false``): a query
+        # prompt it never saw would only move its vectors, so requests asking for one are refused.
+        self.instructions = instructions
         self.tokenizer = encoder.tokenizer
         self.model_name = model_name
         self.cfg = serve_cfg
@@ -92,6 +96,10 @@ class EmbeddingService:
     def resolve_instruction(self, req: EmbeddingRequest) -> str | None:
         if req.instruction is not None and req.task is not None:
             raise APIError(400, "give either 'instruction' or 'task', not both", "task", "conflicting_fields")
+        if not self.instructions and (req.instruction is not None or req.task is not None):
+            field = "instruction" if req.instruction is not None else "task"
+            raise APIError(400, f"'{field}' is not accepted: {self.model_name!r} was trained without instructions "
+                                "(model.instructions: false); send the inputs alone", field, "instructions_disabled")
         if req.task is not None:
             from embedforge.instructions import instruction_for
 
