@@ -86,7 +86,7 @@ def load(url: str, batches, concurrency: int, max_requests: int) -> dict:
     return d
 
 
-def start_embedforge(model_dir: str) -> str:
+def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
     from ray import serve
 
     from embedforge.ray_utils import init_ray
@@ -94,6 +94,7 @@ def start_embedforge(model_dir: str) -> str:
 
     port = free_port()
     cfg = config_from_args({
+        "overrides": list(overrides),
         "model": {"backbone": model_dir, "max_length": 512, "batch_tokens": 16384},
         "serve": {"model_name": "minilm", "port": port, "max_batch_tokens": 16384, "batch_wait_timeout_s": 0.005,
                   "api_key_env": "", "access_log": False, "autoscaling": {"min_replicas": 1, "max_replicas": 1},
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--reference-concurrency", type=int, default=8)
     p.add_argument("--infinity-bin", default="/tmp/infinity-venv/bin/infinity_emb")
     p.add_argument("--out", help="write the full results as JSON here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=C",
+                   help="a config override for the embedforge server (repeatable), e.g. serve.torch_threads=1")
     args = p.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.reference_concurrency not in concurrencies:
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
     results = {"machine": f"{os.cpu_count()} CPUs", "model_dir": model_dir, "requests": args.requests,
                "per_request": args.per_request, "rounds": [], "load_start": os.getloadavg()[0]}
     raw = RawEncode(model_dir, batches)
-    servers = {"embedforge": start_embedforge(model_dir)}
+    servers = {"embedforge": start_embedforge(model_dir, args.overrides)}
     inf_proc = None
     try:
         if Path(args.infinity_bin).exists():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from embedforge.config import ConfigError, load_config
 from embedforge.encoder import Encoder
-from embedforge.serving.app import config_from_args
+from embedforge.serving.app import config_from_args, deployment_options
 from embedforge.serving.auth import bearer_token, digest, key_is_valid, load_key_digests
 from embedforge.serving.batching import forward_groups, padded_tokens, split_for_budget
 from embedforge.serving.config import ServeConfig
@@ -209,6 +209,18 @@ def test_serve_config_validation():
         config_from_args({"model": {"max_length": 512}, "serve": {"max_batch_tokens": 100}})
     with pytest.raises(ConfigError, match="unknown key 'serve.api_key'"):
         config_from_args({"serve": {"api_key": "secret"}})
+
+
+def test_deployment_options_carry_replica_env():
+    cfg = config_from_args({"overrides": ["serve.ray_actor_options.env={OMP_WAIT_POLICY: PASSIVE}",
+                                           "serve.ray_actor_options.num_cpus=2"]})
+    opts = deployment_options(cfg.serve)
+    assert opts["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0,
+                                         "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+    no_env = deployment_options(config_from_args({"overrides": ["serve.ray_actor_options.env={}"]}).serve)
+    assert "runtime_env" not in no_env["ray_actor_options"]
+    with pytest.raises(ConfigError, match="serve.ray_actor_options.env"):
+        config_from_args({"overrides": ["serve.ray_actor_options.env=[1, 2]"]})
 
 
 def test_shipped_configs_have_serve_sections(repo_root):

@@ -130,6 +130,13 @@ class EmbeddingDeployment:
                 "torch_threads": torch.get_num_threads()}
 
 
+def actor_options(opts) -> dict:
+    out = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}
+    if opts.env:
+        out["runtime_env"] = {"env_vars": dict(opts.env)}
+    return out
+
+
 def deployment_options(serve_cfg) -> dict:
     a = serve_cfg.autoscaling
     return {
@@ -142,7 +149,7 @@ def deployment_options(serve_cfg) -> dict:
             "downscale_delay_s": a.downscale_delay_s,
         },
         "max_ongoing_requests": serve_cfg.max_ongoing_requests,
-        "ray_actor_options": serve_cfg.ray_actor_options.model_dump(),
+        "ray_actor_options": actor_options(serve_cfg.ray_actor_options),
         "health_check_period_s": serve_cfg.health_check_period_s,
         "health_check_timeout_s": serve_cfg.health_check_timeout_s,
         "graceful_shutdown_wait_loop_s": serve_cfg.graceful_shutdown_wait_loop_s,

@@ -32,6 +32,8 @@ class AutoscalingConfig(Section):
 class ActorOptions(Section):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Environment of the replica processes (Ray's runtime_env env_vars), set before torch loads.
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class ServeConfig(Section):
