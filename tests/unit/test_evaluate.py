@@ -204,6 +204,25 @@ def test_wrapper_applies_instructions_and_caches(tmp_path, tiny_model_dir):
     assert fresh.stats.encoded == 0 and np.allclose(again, q)
 
 
+def test_evaluate_dtype_sets_decoder_precision_and_cache_key(tiny_model_dir):
+    from embedforge.evaluate.backends import DecoderBackend
+    from embedforge.evaluate.runner import models_to_run
+
+    base = [f"model.backbone={tiny_model_dir}", f"evaluate.baselines={{b: {{model: {tiny_model_dir}}}}}"]
+    fp32 = models_to_run(load_config(None, base))
+    bf16 = models_to_run(load_config(None, [*base, "evaluate.dtype=bfloat16"]))
+    assert [s.dtype for _, s, _ in fp32] == ["float32", "float32"]
+    assert [s.dtype for _, s, _ in bf16] == ["bfloat16", "bfloat16"]
+    # bf16 vectors never come out of (or go into) the float32 cache.
+    assert fp32[0][1].fingerprint() != bf16[0][1].fingerprint()
+    texts = ["a claim about cells", "stocks fell sharply on monday"]
+    a, b = DecoderBackend(fp32[0][1]).encode(texts), DecoderBackend(bf16[0][1]).encode(texts)
+    assert a.dtype == b.dtype == np.float32
+    assert (a * b).sum(1).min() > 0.99 and not np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="evaluate.dtype"):
+        load_config(None, ["evaluate.dtype=int8"])
+
+
 def test_missing_model_path_is_named(tmp_path):
     from embedforge.evaluate.backends import ModelPathError, ModelSpec
 

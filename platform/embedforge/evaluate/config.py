@@ -70,6 +70,10 @@ class EvaluateConfig(Section):
     # Whether the evaluated model gets instructions at all (False: plain texts on both sides).
     use_instructions: bool = True
     baselines: dict[str, BaselineConfig] = Field(default_factory=dict)
+    # Encoding precision of the decoder models evaluated (the tuned one and decoder baselines); null:
+    # model.dtype. bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX (measured
+    # on this repo's 2-core EPYC box); sentence-transformers baselines keep their own precision.
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
     # Text lists at least this long (and every retrieval corpus) are encoded by Ray Data actors.
     shard_threshold: int = Field(2048, ge=1)
     shard_retrieval_corpus: bool = True

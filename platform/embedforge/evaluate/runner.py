@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from embedforge.evaluate.backends import ModelSpec
@@ -45,10 +46,11 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
     """
     ecfg = cfg.evaluate
     use = ecfg.use_instructions and cfg.model.instructions
-    runs = [(cfg.run.name, ModelSpec.from_model_config(cfg.model, ecfg.batch_size), use)]
+    dtype = ecfg.dtype or cfg.model.dtype
+    runs = [(cfg.run.name, replace(ModelSpec.from_model_config(cfg.model, ecfg.batch_size), dtype=dtype), use)]
     for name, b in ecfg.baselines.items():
         if b.model is not None:
-            spec = ModelSpec(backbone=b.model, max_length=cfg.model.max_length, dtype=cfg.model.dtype,
+            spec = ModelSpec(backbone=b.model, max_length=cfg.model.max_length, dtype=dtype,
                              batch_tokens=cfg.model.batch_tokens, device=cfg.model.device, batch_size=ecfg.batch_size,
                              pooling=cfg.model.pooling, normalize=cfg.model.normalize)
             runs.append((name, spec, b.instructions))
