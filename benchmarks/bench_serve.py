@@ -89,7 +89,7 @@ def load(url: str, batches, concurrency: int, max_requests: int) -> dict:
 def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
     from ray import serve
 
-    from embedforge.ray_utils import init_ray
+    from embedforge.ray_utils import init_ray, serve_haproxy_env
     from embedforge.serving.app import build_app, config_from_args
 
     port = free_port()
@@ -105,10 +105,22 @@ def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
     os.environ.setdefault("RAY_worker_niceness", "0")
     # A private local instance: joining a `ray start` cluster already on the machine would measure that
     # cluster's worker settings (and its other work), not a replica of this benchmark's own.
-    init_ray(address="local", include_dashboard=False)
+    init_ray(address="local", include_dashboard=False,
+             local_env=serve_haproxy_env() if cfg.serve.ingress == "haproxy" else None)
+    print(f"embedforge ingress: {cfg.serve.ingress}", flush=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg), name="bench", route_prefix="/")
+    global _HANDLE
+    _HANDLE = serve.run(build_app(cfg), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}/v1/embeddings"
+
+
+_HANDLE = None
+
+
+def replica_counts() -> tuple[int, int]:
+    """(batched forward calls, inputs in them) so far on the embedforge replica."""
+    s = _HANDLE.stats.remote().result(timeout_s=30)
+    return s["batches"], s["batch_inputs"]
 
 
 def stop_embedforge() -> None:
@@ -194,10 +206,17 @@ def main(argv=None) -> int:
             names = list(servers) if rnd % 2 == 0 else list(reversed(servers))
             for name in names:
                 for c in concurrencies:
+                    before = replica_counts() if name == "embedforge" else None
                     row[f"{name}@{c}"] = r = load(servers[name], batches, c, args.requests)
+                    extra = ""
+                    if before is not None:
+                        after = replica_counts()
+                        n = after[0] - before[0]
+                        r["mean_batch_inputs"] = (after[1] - before[1]) / max(n, 1)
+                        extra = f", {n} batches of {r['mean_batch_inputs']:.1f} inputs"
                     print(f"round {rnd} {name} c={c}: {r['inputs_per_s']:.1f} inputs/s, {r['requests_per_s']:.1f} "
                           f"req/s, {r['tokens_per_s']:.0f} tok/s, p50 {r['p50_s']:.3f} p95 {r['p95_s']:.3f} "
-                          f"p99 {r['p99_s']:.3f} s, errors {r['errors']}", flush=True)
+                          f"p99 {r['p99_s']:.3f} s, errors {r['errors']}{extra}", flush=True)
             print(f"round {rnd} raw: {row['raw']['inputs_per_s']:.1f} inputs/s", flush=True)
             results["rounds"].append(row)
     finally:

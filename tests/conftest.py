@@ -109,7 +109,10 @@ def start_ray_head(tmp: Path, num_cpus: int = 2):
     Stopping kills that process group only: `ray stop` would kill every Ray cluster on the machine.
     """
     token_path = RAY_TOKEN_PATH
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    from embedforge.ray_utils import serve_haproxy_env
+
+    # Started like cluster.yaml's head: token auth, and Serve's HAProxy ingress (the serving default).
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), **serve_haproxy_env())
     env.pop("RAY_ADDRESS", None)
     # Every port chosen free, so two test sessions on one machine don't collide.
     gcs_port, dash_port, agent_port = free_port(), free_port(), free_port()

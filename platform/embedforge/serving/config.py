@@ -7,6 +7,8 @@ file that hold them.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from embedforge.section import Section
@@ -64,6 +66,11 @@ class ServeConfig(Section):
     # mask). Ray would otherwise leave torch at ray_actor_options.num_cpus threads (1 by default).
     torch_threads: int = Field(0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    # HTTP ingress of a Ray instance embedforge starts itself (`embedforge serve`, the pipeline):
+    # "haproxy" = Ray Serve's high-throughput mode (HAProxy in front of replicas serving HTTP;
+    # ~1.4x the throughput of "proxy" on 2 cores, see the README); "proxy" = Serve's Python proxy
+    # actor. A cluster started apart keeps the ingress it was started with (cluster.yaml: haproxy).
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
     # Ray Serve's per-request access log line (costs CPU at high request rates).
     access_log: bool = True
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
