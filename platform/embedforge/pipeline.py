@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from embedforge.pipeline_config import STAGE_ORDER
+from embedforge.ray_utils import free_port
 
 # Which config sections each stage's output depends on (besides the stages before it).
 STAGE_INPUTS = {
@@ -203,7 +204,7 @@ def stage_serve(cfg, run_dir: Path, results: dict) -> dict:
     from embedforge.serving.app import build_app
 
     merged = results["train"]["merged"]
-    port = _free_port()
+    port = free_port()
     scfg = _with(cfg, **{"model.backbone": merged, "model.adapter": None, "serve.port": port,
                          "serve.host": "127.0.0.1"})
     app = build_app(scfg)
@@ -239,14 +240,6 @@ def _client_key(serve_cfg) -> str:
         text = Path(serve_cfg.api_key_file).expanduser().read_text()
     keys = _split_keys(text)
     return keys[0] if keys else "no-key-configured"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stage_report(cfg, run_dir: Path, results: dict) -> dict:

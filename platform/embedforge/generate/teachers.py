@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from embedforge.generate.config import LocalTeacherConfig, TeacherConfig
+from embedforge.ray_utils import free_port
 from embedforge.section import ConfigError
 
 
@@ -170,12 +170,6 @@ def preflight(teacher: TeacherConfig, timeout_s: float = 20.0) -> None:
 # ---------------------------------------------------------------------------- the local teacher
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def resolve_gguf(model: str) -> Path:
     from embedforge.models import PACKAGED_GGUF, packaged_gguf
 
@@ -204,7 +198,7 @@ class LocalTeacherServer:
     def __init__(self, cfg: LocalTeacherConfig, log_dir: str | Path | None = None):
         self.cfg = cfg
         self.gguf = resolve_gguf(cfg.model)
-        self.port = cfg.port or _free_port()
+        self.port = cfg.port or free_port()
         self.alias = Path(cfg.model).stem if cfg.model.endswith(".gguf") else cfg.model
         self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="ef-llama-")) / f"llama_server_{self.port}.log"
         self.proc: subprocess.Popen | None = None
