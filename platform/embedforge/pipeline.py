@@ -259,15 +259,14 @@ STAGES = {
 
 
 def run(cfg) -> dict:
-    from embedforge.ray_utils import init_ray, serve_haproxy_env
+    from embedforge.ray_utils import init_ray, serve_ingress_env
 
     run_dir = cfg.run.dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     markers = Markers(run_dir / "pipeline")
     prints = stage_fingerprints(cfg)
-    serving = "serve" in cfg.pipeline.stages and cfg.serve.ingress == "haproxy"
-    init_ray(local_env=serve_haproxy_env() if serving else None)
+    init_ray(local_env=serve_ingress_env(cfg.serve.ingress) if "serve" in cfg.pipeline.stages else None)
     results: dict[str, dict] = {}
     timings: dict[str, float | str] = {}
     wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]

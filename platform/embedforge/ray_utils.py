@@ -50,6 +50,11 @@ def serve_haproxy_env() -> dict[str, str]:
     }
 
 
+def serve_ingress_env(ingress: str) -> dict[str, str] | None:
+    """What a local Ray instance needs for ``serve.ingress``: the HAProxy variables, or nothing (proxy)."""
+    return serve_haproxy_env() if ingress == "haproxy" else None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, local_env: dict[str, str] | None = None,
              **kwargs):
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's, or one that `ray start`

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from embedforge.ray_utils import serve_haproxy_env
+from embedforge.ray_utils import serve_haproxy_env, serve_ingress_env
 
 HAPROXY_MAX_SOCKET_PATH = 97  # haproxy 2.8: "socket path ... too long (max 97)"
 RAY_NODE_DIR = "n" * 56  # Ray puts HAProxy's files under a directory named by the node id
@@ -24,3 +24,8 @@ def test_socket_paths_fit_haproxy_limit_under_ray_node_dir():
     for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
         head, name = os.path.split(env[key])
         assert len(os.path.join(head, RAY_NODE_DIR, name)) <= HAPROXY_MAX_SOCKET_PATH, env[key]
+
+
+def test_ingress_setting_maps_to_env():
+    assert serve_ingress_env("proxy") is None
+    assert serve_ingress_env("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "1"

@@ -10,7 +10,7 @@ import threading
 def run(cfg, block: bool = True) -> dict:
     from ray import serve
 
-    from embedforge.ray_utils import init_ray, serve_haproxy_env
+    from embedforge.ray_utils import init_ray, serve_ingress_env
     from embedforge.serving.app import build_app, served_model_name
 
     app = build_app(cfg)  # validates config and reads API keys before touching Ray
@@ -18,7 +18,7 @@ def run(cfg, block: bool = True) -> dict:
     # machine. When this call starts the local Ray instance, the replica (the product) runs at normal
     # priority instead; a cluster started apart needs RAY_worker_niceness=0 in `ray start`'s environment.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    init_ray(local_env=serve_haproxy_env() if cfg.serve.ingress == "haproxy" else None)
+    init_ray(local_env=serve_ingress_env(cfg.serve.ingress))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
     prefix = cfg.serve.route_prefix.rstrip("/")
