@@ -20,7 +20,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # Three steps, a checkpoint after the second: enough to kill a run between checkpoints and resume it.
-SHORT_RUN = ["train.max_steps=3", "train.epochs=1", "train.checkpoint_every=2", "train.warmup_steps=0", "train.lr=1e-4"]
+# Batches of 8 so the 24 rows below give 3 steps in one epoch (the tiny config's 32 would give 2).
+SHORT_RUN = ["train.max_steps=3", "train.epochs=1", "train.checkpoint_every=2", "train.warmup_steps=0", "train.lr=1e-4",
+             "train.global_batch_size=8", "train.chunk_size=4"]
 TOPICS = ["cats", "rivers", "stocks", "music", "bread", "rockets", "trees", "chess", "rain", "coffee", "glass", "maps"]
 
 
