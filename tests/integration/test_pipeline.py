@@ -6,8 +6,9 @@ model must beat its own backbone on STSB. Then the same command, submitted with 
 running cluster, finds every stage complete and only rewrites the report.
 
 The longest test of the suite (~20 min on 2 cores: generation with the 135M local teacher, then STSB
-encoded by the tuned model and the backbone). Measured for the tiny recipe (30 steps, lr 1e-3, seed
-pairs + generated rows): STSB 0.376 against the backbone's 0.267.
+encoded by the tuned model and the backbone). Measured for the tiny recipe (30 steps of 32 pairs, lr 2e-3,
+seed pairs + generated rows): STSB 0.496 against the backbone's 0.267; the earlier 8 × 1e-3 recipe once
+reached only 0.284 here, under the + 0.02 bar.
 """
 
 from __future__ import annotations
