@@ -266,7 +266,7 @@ def run(cfg) -> dict:
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     markers = Markers(run_dir / "pipeline")
     prints = stage_fingerprints(cfg)
-    init_ray(local_env=serve_ingress_env(cfg.serve.ingress) if "serve" in cfg.pipeline.stages else None)
+    init_ray(local_env=(lambda: serve_ingress_env(cfg.serve.ingress)) if "serve" in cfg.pipeline.stages else None)
     results: dict[str, dict] = {}
     timings: dict[str, float | str] = {}
     wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]

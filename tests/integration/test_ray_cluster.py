@@ -36,3 +36,21 @@ def test_package_reaches_workers_via_init_ray(ray_cluster):
         return embedforge.loss.__name__
 
     assert ray.get(where.remote()) == "embedforge.loss"
+
+
+def test_joining_a_cluster_does_not_build_the_local_only_env(ray_cluster, tmp_path):
+    # The HAProxy env makes a /tmp directory and takes ports: only a Ray instance init_ray starts
+    # itself may use it, so joining a running cluster must never call the factory.
+    code = ("from embedforge.ray_utils import init_ray\n"
+            "def factory():\n    raise SystemExit('local_env built while joining a cluster')\n"
+            "ray = init_ray(local_env=factory)\n"
+            "print('JOINED', ray.get_runtime_context().gcs_address)\n")
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    port = ray_cluster["address"].rsplit(":", 1)[1]  # the GCS reports the node IP, not 127.0.0.1
+    assert "JOINED " in proc.stdout and proc.stdout.split("JOINED ")[1].split()[0].endswith(f":{port}"), proc.stdout
+    # ... while a Ray instance it starts itself does call it (here: refuses to start).
+    local = subprocess.run([sys.executable, "-c", code], env=dict(env, RAY_ADDRESS="local"), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=180)
+    assert local.returncode != 0 and "local_env built while joining a cluster" in local.stderr, local.stderr[-2000:]
