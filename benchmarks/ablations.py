@@ -60,7 +60,7 @@ UNTRAINED = {
 VARIANTS = {**TRAINED, **UNTRAINED}
 
 
-def recipe(out: Path, steps: int, lr: float = 2e-3, batch: int = 32) -> list[str]:
+def recipe(out: Path, steps: int, lr: float, batch: int) -> list[str]:
     """The overrides every variant shares (on top of configs/tiny.yaml)."""
     data = out / "data"
     return [
@@ -112,7 +112,7 @@ def stsb_score(result: dict) -> float:
     return float(scores["STSBenchmark"])
 
 
-def run_variant(name: str, out: Path, steps: int, lr: float = 2e-3, batch: int = 32) -> dict:
+def run_variant(name: str, out: Path, steps: int, lr: float, batch: int) -> dict:
     """Train (unless it is an untrained-backbone row) and evaluate one variant, in this process."""
     from embedforge.config import load_config
     from embedforge.evaluate.runner import run as evaluate

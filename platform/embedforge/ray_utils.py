@@ -29,8 +29,8 @@ def serve_haproxy_env() -> dict[str, str]:
     of replicas that serve HTTP themselves, ``benchmarks/bench_serve.py`` measured ~1.4x the
     throughput on 2 cores, with 3-4x larger batches. Ray reads these variables when it starts, so
     they belong in ``ray start``'s environment on a cluster; ``init_ray(local_env=...)`` applies them
-    to an instance it starts itself (pass ``lambda: serve_haproxy_env()``, so that joining a cluster
-    makes no files and takes no ports).
+    to an instance it starts itself (pass it as a callable, e.g. ``lambda: serve_ingress_env(...)``, so
+    that joining a cluster makes no files and takes no ports).
     """
     # Short on purpose: Ray adds a 56-character node directory, and HAProxy refuses socket paths over 97.
     state = tempfile.mkdtemp(prefix="efh-", dir="/tmp")
