@@ -44,7 +44,6 @@ import gc
 import json
 import os
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -133,10 +132,9 @@ def init_single_process(device: torch.device) -> str:
 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+        from embedforge.ray_utils import free_port
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                           LOCAL_RANK="0")
         if device.type == "cuda":
             torch.cuda.set_device(device)

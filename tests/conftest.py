@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from embedforge.ray_utils import free_port
+
 # Tests never reach the Hugging Face hub: every model comes from an installed package or is built in memory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,12 +85,6 @@ def tiny_llama():
     from embedforge.testing import tiny_model
 
     return tiny_model("llama")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -29,8 +29,7 @@ def serve_haproxy_env() -> dict[str, str]:
     of replicas that serve HTTP themselves, ``benchmarks/bench_serve.py`` measured ~1.4x the
     throughput on 2 cores, with 3-4x larger batches. Ray reads these variables when it starts, so
     they belong in ``ray start``'s environment on a cluster; ``init_ray(local_env=...)`` applies them
-    to an instance it starts itself (pass it as a callable, e.g. ``lambda: serve_ingress_env(...)``, so
-    that joining a cluster makes no files and takes no ports).
+    to an instance it starts itself.
     """
     # Short on purpose: Ray adds a 56-character node directory, and HAProxy refuses socket paths over 97.
     state = tempfile.mkdtemp(prefix="efh-", dir="/tmp")
@@ -57,18 +56,17 @@ def serve_ingress_env(ingress: str) -> dict[str, str] | None:
     return serve_haproxy_env() if ingress == "haproxy" else None
 
 
-LocalEnv = dict[str, str] | Callable[[], dict[str, str] | None] | None
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None, local_env: LocalEnv = None, **kwargs):
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             local_env: Callable[[], dict[str, str] | None] | None = None, **kwargs):
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's, or one that `ray start`
     left running on this machine), else start a local one.
 
     The ``embedforge`` package travels to the workers as a ``py_modules`` entry, so the same driver
     works from an installed wheel, from a checkout, and under ``ray job submit --working-dir .``
-    (where ``platform/`` is not on the workers' path). ``local_env`` is set (where not already
-    set) only when this call starts the instance: a running cluster keeps what it was started with. A
-    callable ``local_env`` is called only then.
+    (where ``platform/`` is not on the workers' path). ``local_env`` (e.g. ``lambda:
+    serve_ingress_env(...)``) is called, and its variables set where not already set, only when this
+    call starts the instance: a running cluster keeps what it was started with, and joining one makes
+    no files and takes no ports.
     """
     import ray
 
@@ -102,8 +100,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, local_env:
     return ray
 
 
-def _apply_env(env: LocalEnv) -> None:
-    if callable(env):
-        env = env()
-    for key, value in (env or {}).items():
+def _apply_env(local_env: Callable[[], dict[str, str] | None] | None) -> None:
+    for key, value in ((local_env() if local_env else None) or {}).items():
         os.environ.setdefault(key, value)

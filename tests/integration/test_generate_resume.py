@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from embedforge.generate.taxonomy import split_counts
-from tests.conftest import free_port as _free_port
+from embedforge.ray_utils import free_port
 from tests.conftest import port_open as _listening
 
 
 def test_resume_after_sigkill(ray_cluster, tmp_path, repo_root):
-    port = _free_port()
+    port = free_port()
     cfg = {
         "run": {"name": "resume", "output_dir": str(tmp_path), "seed": 0},
         "generate": {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -14,6 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from embedforge.ray_utils import free_port
 from embedforge.serving.protocol import decode_base64_vector
 
 APP = "ef-serve-test"
@@ -23,12 +23,6 @@ KEY_ENV = "EF_SERVE_TEST_KEYS"
 TEXTS = ["A girl is styling her hair.", "A group of men play soccer on the beach.",
          "Stock markets fell sharply today.", "short", "The quick brown fox jumps over the lazy dog " * 3]
 INSTRUCTION = "Retrieve semantically similar text"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, body: dict | None = None, key: str | None = None):
@@ -49,7 +43,7 @@ def endpoint(ray_cluster, minilm_dir):
 
     from embedforge.serving.app import build_app, config_from_args
 
-    port = _free_port()
+    port = free_port()
     os.environ[KEY_ENV] = KEY
     cfg = config_from_args({
         "model": {"backbone": minilm_dir, "max_length": 512},

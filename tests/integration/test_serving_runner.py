@@ -6,7 +6,7 @@ import json
 import time
 import urllib.request
 
-from tests.conftest import free_port as _free_port
+from embedforge.ray_utils import free_port
 
 
 def _metrics_text(port: int) -> str:
@@ -24,7 +24,7 @@ def test_runner_serves_and_exports_counters(ray_cluster, minilm_dir):
     from embedforge.config import load_config
     from embedforge.serving import runner
 
-    port = _free_port()
+    port = free_port()
     cfg = load_config(None, [f"model.backbone={minilm_dir}", "model.max_length=257", f"serve.port={port}",
                              "serve.app_name=ef-runner-test", "serve.model_name=minilm-runner", "serve.api_key_env=",
                              "serve.ray_actor_options.num_cpus=0.5", "serve.torch_threads=1"])

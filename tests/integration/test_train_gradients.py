@@ -8,7 +8,6 @@ step, the adapter gathered from the partitions is non-empty and loads.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,18 +18,13 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_train_gradcache import batch, lora_grads, lora_model  # noqa: E402
 
+from embedforge.ray_utils import free_port  # noqa: E402
 from embedforge.train.batching import worker_slice  # noqa: E402
 from embedforge.train.config import TrainConfig  # noqa: E402
 from embedforge.train.gradcache import contrastive_backward  # noqa: E402
 
 TEMPERATURE = 0.05
 GLOBAL = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world_size, port, chunk_size, checkpointing, out_dir):
@@ -80,7 +74,7 @@ def _reference():
 ])
 def test_zero3_worker_gradient_equals_global_batch_gradient(tmp_path, world_size, chunk_size, checkpointing):
     ref_loss, ref = _reference()
-    mp.spawn(_worker, args=(world_size, _free_port(), chunk_size, checkpointing, str(tmp_path)),
+    mp.spawn(_worker, args=(world_size, free_port(), chunk_size, checkpointing, str(tmp_path)),
              nprocs=world_size, join=True)
     got = torch.load(tmp_path / "grads.pt")
     assert set(got["grads"]) == set(ref)
@@ -137,7 +131,7 @@ def test_zero3_precision_and_offload_paths_take_a_real_step(tmp_path, precision,
     gradient caching: the LoRA gradient matches the fp32 full-batch reference and the step moves the
     fp32 master weights. (fp16 needs a GPU: the config refuses it on CPU, see test_train_data.)"""
     _, ref = _reference()
-    mp.spawn(_precision_worker, args=(_free_port(), precision, offload, str(tmp_path)), nprocs=1, join=True)
+    mp.spawn(_precision_worker, args=(free_port(), precision, offload, str(tmp_path)), nprocs=1, join=True)
     got = torch.load(tmp_path / "step.pt")
     assert got["dtype"] == ("torch.bfloat16" if precision == "bf16" else "torch.float32")
     flat_got = torch.cat([got["grads"][n].flatten() for n in ref])
