@@ -27,6 +27,9 @@ class RunConfig(Section):
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 0
+    # Before each stage: can the cluster hold its workers / actors / replicas? fail (at once, naming
+    # what is missing and who holds it) | warn | off.
+    resource_check: Literal["fail", "warn", "off"] = "fail"
 
     @property
     def dir(self) -> Path:

@@ -56,10 +56,41 @@ def serve_ingress_env(ingress: str) -> dict[str, str] | None:
     return serve_haproxy_env() if ingress == "haproxy" else None
 
 
+def user_started_cluster() -> str | None:
+    """The GCS address of a cluster that ``ray start`` started (or joined) on this machine and that is
+    still running; None otherwise.
+
+    ``ray.init(address="auto")`` would fall back to *any* Ray instance it finds in the process list,
+    including the private instance another embedforge process (``embedforge serve``) started for
+    itself: a pipeline that joined one waited forever for CPUs the Serve replica held. Only
+    ``ray start`` writes the address file read here, so a private instance is never chosen.
+    """
+    try:
+        from ray._private.services import find_gcs_addresses
+        from ray._private.utils import read_ray_address
+    except ImportError:  # Ray moved its internals: fall back to starting a private instance
+        return None
+    address = read_ray_address()
+    if not address:
+        return None
+    return address if address in find_gcs_addresses() else None  # a stale file after a crash
+
+
+def describe_cluster_choice() -> str:
+    """Which cluster ``init_ray`` would use now, in words (for ``embedforge doctor``)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return f"stages join RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+    address = user_started_cluster()
+    if address:
+        return f"stages join the `ray start` cluster at {address}"
+    return "no `ray start` cluster here: each command starts a private instance"
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              local_env: Callable[[], dict[str, str] | None] | None = None, **kwargs):
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, or the job's, or one that `ray start`
-    left running on this machine), else start a local one.
+    """Join the cluster the user chose: ``address``, else ``RAY_ADDRESS`` (also what ``ray job
+    submit`` gives its driver), else a cluster ``ray start`` left running on this machine. Otherwise
+    start a private local instance — never join a private instance another process started.
 
     The ``embedforge`` package travels to the workers as a ``py_modules`` entry, so the same driver
     works from an installed wheel, from a checkout, and under ``ray job submit --working-dir .``
@@ -82,24 +113,134 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         if var in os.environ:
             env_vars.setdefault(var, os.environ[var])
     runtime_env["env_vars"] = env_vars
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or user_started_cluster()
     init_kwargs = dict(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=True, **kwargs)
-    if address:
-        if address == "local":
-            _apply_env(local_env)
+    if address and address != "local":
         ray.init(address=address, **init_kwargs)
         return ray
-    try:
-        ray.init(address="auto", **init_kwargs)  # a `ray start --head` cluster on this machine
-    except ConnectionError:
-        # None running (or several, ambiguous): a private local instance for this driver.
-        if num_cpus is not None:
-            init_kwargs["num_cpus"] = num_cpus
-        _apply_env(local_env)
-        ray.init(**init_kwargs)
+    # A private local instance for this driver ("local": asked for explicitly).
+    if num_cpus is not None:
+        init_kwargs["num_cpus"] = num_cpus
+    _apply_env(local_env)
+    # address="local" keeps Ray itself from re-reading RAY_ADDRESS or searching for other instances.
+    ray.init(address="local", **init_kwargs)
     return ray
 
 
 def _apply_env(local_env: Callable[[], dict[str, str] | None] | None) -> None:
     for key, value in ((local_env() if local_env else None) or {}).items():
         os.environ.setdefault(key, value)
+
+
+# ------------------------------------------------------------------------------ capacity
+
+
+class CapacityError(RuntimeError):
+    """The cluster cannot hold what a stage asks for; the message names what is missing and who holds it."""
+
+
+def format_resources(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if v) or "nothing"
+
+
+def capacity_shortfall(bundles: list[dict[str, float]], nodes: list[dict[str, float]],
+                       available: dict[str, float]) -> tuple[str, dict[str, float]] | None:
+    """Why ``bundles`` (one per worker, actor or replica) cannot start now, or None when they can.
+
+    ``nodes``: each alive node's total resources; ``available``: what the cluster has free. Returns
+    (kind, missing): kind "node" (no single node is large enough for a bundle), "total" (the cluster
+    is too small) or "held" (large enough, but others hold the resources now). Pure: tested on dicts.
+    """
+    need: dict[str, float] = {}
+    for bundle in bundles:
+        for key, value in bundle.items():
+            if value:
+                need[key] = need.get(key, 0.0) + value
+    for bundle in bundles:
+        if nodes and not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items() if v) for node in nodes):
+            largest = {k: max(node.get(k, 0.0) for node in nodes) for k, v in bundle.items() if v}
+            return "node", {k: v for k, v in bundle.items() if v and largest[k] + 1e-9 < v}
+    total = {k: sum(node.get(k, 0.0) for node in nodes) for k in need}
+    short = {k: v - total[k] for k, v in need.items() if total[k] + 1e-9 < v}
+    if short:
+        return "total", short
+    held = {k: v - available.get(k, 0.0) for k, v in need.items() if available.get(k, 0.0) + 1e-9 < v}
+    return ("held", held) if held else None
+
+
+def _holders(resources: set[str]) -> list[str]:
+    """Who holds ``resources`` now: alive actors and placement groups (Ray's state API)."""
+    try:
+        from ray.util.state import list_actors, list_placement_groups
+
+        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000, raise_on_missing_output=False)
+        groups = list_placement_groups(filters=[("state", "=", "CREATED")], detail=True, limit=1000,
+                                       raise_on_missing_output=False)
+    except Exception as exc:  # the state API needs the dashboard; the message still names the shortfall
+        return [f"(could not list holders: {type(exc).__name__}; run `ray status` / `ray list actors`)"]
+    out = []
+    for actor in actors:
+        req = {k: v for k, v in (getattr(actor, "required_resources", None) or {}).items() if k in resources and v}
+        if req:
+            name = actor.name or actor.class_name
+            out.append(f"actor {name} (job {actor.job_id}, pid {actor.pid}): {format_resources(req)}")
+    for group in groups:
+        held: dict[str, float] = {}
+        for bundle in group.bundles or []:
+            for k, v in (bundle.get("unit_resources") or {}).items():
+                if k in resources:
+                    held[k] = held.get(k, 0.0) + v
+        if held:
+            out.append(f"placement group {group.name or group.placement_group_id} (job {group.creator_job_id}): {format_resources(held)}")
+    return out
+
+
+def autoscaling_possible() -> bool:
+    """True on a cluster the Ray cluster launcher started (it can add nodes on demand)."""
+    return Path("~/ray_bootstrap_config.yaml").expanduser().is_file()
+
+
+def check_capacity(stage: str, bundles: list[dict[str, float]], what: str, mode: str = "fail",
+                   release_wait_s: float = 30.0) -> None:
+    """Before ``stage`` starts: can the cluster hold ``bundles`` (``what`` says whose, e.g. "2 training
+    workers × CPU 1")? Fails at once, naming what is missing and who holds it, instead of letting
+    Ray wait without end. ``mode`` (``run.resource_check``): fail | warn | off. On a cluster that
+    can autoscale, a cluster that is too small only warns: the autoscaler may add nodes. Resources
+    held by others get ``release_wait_s`` to come free first (a finished stage's actors take a few
+    seconds to go)."""
+    import time
+
+    import ray
+
+    if mode == "off" or not bundles:
+        return
+    deadline = time.monotonic() + release_wait_s
+    while True:
+        nodes = [{k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n.get("Alive")]
+        found = capacity_shortfall(bundles, nodes, {k: float(v) for k, v in ray.available_resources().items()})
+        if found is None:
+            return
+        if found[0] != "held" or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    kind, missing = found
+    kind, missing = found
+    if kind == "node":
+        message = (f"{stage}: no node of this cluster can hold one of {what}: missing {format_resources(missing)} on every node "
+                   f"(nodes: {'; '.join(format_resources(n) for n in nodes)})")
+    elif kind == "total":
+        total = {k: sum(n.get(k, 0.0) for n in nodes) for k in missing}
+        message = (f"{stage}: {what} need {format_resources(missing)} more than this cluster has "
+                   f"(cluster total: {format_resources(total)})")
+    else:
+        holders = _holders(set(missing))
+        message = (f"{stage}: {what} need {format_resources(missing)} more than is free now (free: "
+                   f"{format_resources({k: ray.available_resources().get(k, 0.0) for k in missing})}); held by:\n  "
+                   + ("\n  ".join(holders) or "(no actor or placement group found: tasks may hold them)"))
+    hint = ("\nLower the stage's request (workers, actors, replicas, CPUs/GPUs each), free the resources, or run "
+            "on a larger cluster (RAY_ADDRESS). run.resource_check=warn only warns.")
+    if mode == "warn" or (kind == "total" and autoscaling_possible()):
+        print(f"embedforge: warning: {message} (continuing: {'the autoscaler may add nodes' if mode != 'warn' else 'run.resource_check=warn'})",
+              flush=True)
+        return
+    raise CapacityError(message + hint)

@@ -68,7 +68,8 @@ def run(cfg) -> dict:
 
     shard = ShardSettings(threshold=ecfg.shard_threshold, retrieval_corpus=ecfg.shard_retrieval_corpus,
                           num_actors=ecfg.num_actors, cpus_per_actor=ecfg.cpus_per_actor,
-                          gpus_per_actor=ecfg.gpus_per_actor, batch_size=ecfg.ray_batch_size)
+                          gpus_per_actor=ecfg.gpus_per_actor, batch_size=ecfg.ray_batch_size,
+                          resource_check=cfg.run.resource_check)
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     main_scores: dict[str, dict[str, float]] = {}
     stats: dict[str, dict] = {}

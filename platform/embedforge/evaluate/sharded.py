@@ -75,9 +75,10 @@ def encode_sharded(
     gpus_per_actor: float = 0.0,
     batch_size: int = 256,
     on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    resource_check: str = "fail",
 ) -> np.ndarray:
     """``(len(texts), dim)`` float32 embeddings in input order, computed by ``num_actors`` Ray actors."""
-    from embedforge.ray_utils import init_ray
+    from embedforge.ray_utils import check_capacity, format_resources, init_ray
 
     ray = init_ray()
 
@@ -85,6 +86,11 @@ def encode_sharded(
     if n == 0:
         raise ValueError("encode_sharded: no texts to encode")
     cpus = cpus_per_actor or max(1.0, _cluster_cpus() // num_actors)
+    actor = {"CPU": float(cpus), "GPU": float(gpus_per_actor)}
+    check_capacity("evaluate", [actor] * num_actors,
+                   f"{num_actors} encoding actors × {format_resources(actor)} (evaluate.num_actors, "
+                   "evaluate.cpus_per_actor: unset = the cluster's CPUs / actors, evaluate.gpus_per_actor)",
+                   mode=resource_check)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.verbose_progress = False

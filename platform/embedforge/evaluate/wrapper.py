@@ -26,6 +26,7 @@ class ShardSettings:
     cpus_per_actor: float | None = None
     gpus_per_actor: float = 0.0
     batch_size: int = 256
+    resource_check: str = "fail"  # run.resource_check
 
 
 @dataclass
@@ -119,7 +120,8 @@ class EmbedforgeModel(AbsEncoder):
 
                 encode_sharded(self.spec, todo_texts, instruction, num_actors=self.shard.num_actors,
                                cpus_per_actor=self.shard.cpus_per_actor, gpus_per_actor=self.shard.gpus_per_actor,
-                               batch_size=self.shard.batch_size, on_batch=store)
+                               batch_size=self.shard.batch_size, on_batch=store,
+                               resource_check=self.shard.resource_check)
                 self.stats.encoded_ray += len(todo_texts)
             else:
                 step = max(1, self.shard.batch_size)

@@ -130,6 +130,18 @@ class EmbeddingDeployment:
                 "torch_threads": torch.get_num_threads()}
 
 
+def check_replicas_fit(cfg) -> None:
+    """The cluster can hold the deployment's initial replicas (fails at once, naming who holds what)."""
+    from embedforge.ray_utils import check_capacity, format_resources
+
+    opts = cfg.serve.ray_actor_options
+    replica = {"CPU": float(opts.num_cpus), "GPU": float(opts.num_gpus)}
+    count = max(1, cfg.serve.autoscaling.min_replicas)
+    check_capacity("serve", [replica] * count,
+                   f"{count} serve replicas × {format_resources(replica)} (serve.autoscaling.min_replicas, "
+                   "serve.ray_actor_options)", mode=cfg.run.resource_check)
+
+
 def actor_options(opts) -> dict:
     out = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}
     if opts.env:

@@ -11,7 +11,7 @@ def run(cfg, block: bool = True) -> dict:
     from ray import serve
 
     from embedforge.ray_utils import init_ray, serve_ingress_env
-    from embedforge.serving.app import build_app, served_model_name
+    from embedforge.serving.app import build_app, check_replicas_fit, served_model_name
 
     app = build_app(cfg)  # validates config and reads API keys before touching Ray
     # Ray starts its workers at niceness 15, so a replica would yield the CPU to any other process on the
@@ -19,6 +19,7 @@ def run(cfg, block: bool = True) -> dict:
     # priority instead; a cluster started apart needs RAY_worker_niceness=0 in `ray start`'s environment.
     os.environ.setdefault("RAY_worker_niceness", "0")
     init_ray(local_env=lambda: serve_ingress_env(cfg.serve.ingress))
+    check_replicas_fit(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
     prefix = cfg.serve.route_prefix.rstrip("/")

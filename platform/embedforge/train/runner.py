@@ -68,9 +68,10 @@ def run(cfg) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from embedforge.ray_utils import init_ray
+    from embedforge.ray_utils import check_capacity, format_resources, init_ray
     from embedforge.train.dataset import build_batches
     from embedforge.train.loop import train_loop_per_worker
+    from embedforge.train.mining import mining_spec
 
     train = cfg.train
     run_dir = cfg.run.dir.resolve()
@@ -79,11 +80,15 @@ def run(cfg) -> dict:
     backbone_path = validate_before_training(cfg)
 
     init_ray()
+    worker = {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {})}
+    check_capacity("train", [worker] * train.num_workers,
+                   f"{train.num_workers} training workers × {format_resources(worker)} (train.num_workers, train.cpus_per_worker, "
+                   "train.use_gpu)", mode=cfg.run.resource_check)
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed,
-                                     train.mining_model or cfg.model.backbone, cfg.model.max_length,
+                                     mining_spec(cfg.model, train.mining_model),
                                      instructions=cfg.model.instructions)
     steps = total_steps(train, summary["steps_per_epoch"])
     storage = Path(train.storage_path).resolve() if train.storage_path else run_dir / "ray_train"
