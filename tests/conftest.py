@@ -95,6 +95,26 @@ def port_open(port: int) -> bool:
         return False
 
 
+def generate_job(tmp_path: Path, name: str, num_rows: int, port: int, repo_root: Path) -> tuple[list[str], Path]:
+    """A small `jobs/generate.py` run with the real local teacher on ``port`` (English sts + bitext,
+    a shard committed per attempt): (command, its commits folder)."""
+    import yaml
+
+    cfg = {
+        "run": {"name": name, "output_dir": str(tmp_path), "seed": 0},
+        "generate": {
+            "num_rows": num_rows, "groups": {"sts": 1, "bitext": 1},
+            "local_teacher": {"enabled": True, "port": port, "n_threads": 2, "n_ctx": 1024, "max_concurrency": 2},
+            "language_weights": {"English": 100}, "max_tokens": 48, "min_words_long": 1,
+            "shard_rows": 1, "progress": False, "reject_min_attempts": 100,
+        },
+    }
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, str(repo_root / "jobs" / "generate.py"), "--config", str(config)]
+    return cmd, tmp_path / name / "generate" / "commits"
+
+
 def _ray_bin() -> str:
     return str(Path(sys.executable).with_name("ray"))
 

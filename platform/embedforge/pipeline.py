@@ -147,10 +147,10 @@ def stage_split(cfg, run_dir: Path, results: dict) -> dict:
 
 # ---------------------------------------------------------------- the stages
 
-def stage_generate(cfg, run_dir: Path, results: dict) -> dict:
+def stage_generate(cfg, run_dir: Path, results: dict, ready=None) -> dict:
     from embedforge.generate.runner import run
 
-    return run(cfg)
+    return run(cfg, ready)
 
 
 def _with(cfg, **sections):
@@ -201,13 +201,14 @@ def stage_serve(cfg, run_dir: Path, results: dict) -> dict:
     from ray import serve
 
     from embedforge.encoder import Encoder
-    from embedforge.serving.app import build_app
+    from embedforge.serving.app import build_app, check_replicas_fit
 
     merged = results["train"]["merged"]
     port = free_port()
     scfg = _with(cfg, **{"model.backbone": merged, "model.adapter": None, "serve.port": port,
                          "serve.host": "127.0.0.1"})
     app = build_app(scfg)
+    check_replicas_fit(scfg)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     name = f"{cfg.serve.app_name}-smoke"
     serve.run(app, name=name, route_prefix="/smoke", blocking=False)
@@ -258,7 +259,15 @@ STAGES = {
 }
 
 
+def _stages_to_run(cfg, markers: Markers, prints: dict[str, str]) -> list[str]:
+    wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]
+    return [s for s in wanted if cfg.pipeline.force or s == "report" or markers.result_if_done(s, prints[s]) is None]
+
+
 def run(cfg) -> dict:
+    import contextlib
+
+    from embedforge.generate.runner import ready_teachers
     from embedforge.ray_utils import init_ray, serve_ingress_env
 
     run_dir = cfg.run.dir.resolve()
@@ -266,26 +275,33 @@ def run(cfg) -> dict:
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     markers = Markers(run_dir / "pipeline")
     prints = stage_fingerprints(cfg)
-    init_ray(local_env=(lambda: serve_ingress_env(cfg.serve.ingress)) if "serve" in cfg.pipeline.stages else None)
-    results: dict[str, dict] = {}
-    timings: dict[str, float | str] = {}
-    wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]
-    for i, stage in enumerate(STAGE_ORDER):
-        done = markers.result_if_done(stage, prints[stage])
-        if stage not in wanted:
-            if done is not None:
-                results[stage] = done
-            continue
-        if done is not None and not cfg.pipeline.force and stage != "report":
-            print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: complete, skipped", flush=True)
-            results[stage] = done
-            timings[stage] = "skipped"
-            continue
-        print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: running", flush=True)
-        t0 = time.time()
-        results[stage] = STAGES[stage](cfg, run_dir, results)
-        timings[stage] = round(time.time() - t0, 1)
-        markers.mark(stage, prints[stage], results[stage], time.time() - t0)
-        print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: done in {timings[stage]} s", flush=True)
+    to_run = _stages_to_run(cfg, markers, prints)
+    stages = dict(STAGES)
+    with contextlib.ExitStack() as teachers:
+        if "generate" in to_run and cfg.generate.num_rows > 0:
+            # Every teacher answers a real completion before any Ray work; the local server stays up
+            # for the generate stage and stops right after it.
+            ready = teachers.enter_context(ready_teachers(cfg.generate, run_dir / "generate"))
+            stages["generate"] = lambda c, d, r: stage_generate(c, d, r, ready=ready)
+        init_ray(local_env=(lambda: serve_ingress_env(cfg.serve.ingress)) if "serve" in cfg.pipeline.stages else None)
+        results: dict[str, dict] = {}
+        timings: dict[str, float | str] = {}
+        for i, stage in enumerate(STAGE_ORDER):
+            done = markers.result_if_done(stage, prints[stage])
+            if stage not in to_run:
+                if done is not None:
+                    results[stage] = done
+                if stage in cfg.pipeline.stages:
+                    print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: complete, skipped", flush=True)
+                    timings[stage] = "skipped"
+                continue
+            print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: running", flush=True)
+            t0 = time.time()
+            results[stage] = stages[stage](cfg, run_dir, results)
+            timings[stage] = round(time.time() - t0, 1)
+            markers.mark(stage, prints[stage], results[stage], time.time() - t0)
+            print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: done in {timings[stage]} s", flush=True)
+            if stage == "generate":
+                teachers.close()
     return {"run_dir": str(run_dir), "stage_seconds": timings,
             "report": results.get("report", {}).get("markdown")}

@@ -6,33 +6,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
-import yaml
 
 from embedforge.generate.taxonomy import split_counts
 from embedforge.ray_utils import free_port
+from tests.conftest import generate_job
 from tests.conftest import port_open as _listening
 
 
 def test_resume_after_sigkill(ray_cluster, tmp_path, repo_root):
     port = free_port()
-    cfg = {
-        "run": {"name": "resume", "output_dir": str(tmp_path), "seed": 0},
-        "generate": {
-            "num_rows": 2, "groups": {"sts": 1, "bitext": 1},
-            "local_teacher": {"enabled": True, "port": port, "n_threads": 2, "n_ctx": 1024, "max_concurrency": 2},
-            "language_weights": {"English": 100}, "max_tokens": 48, "min_words_long": 1,
-            "shard_rows": 1, "progress": False, "reject_min_attempts": 100,
-        },
-    }
-    config = tmp_path / "tiny-gen.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, str(repo_root / "jobs" / "generate.py"), "--config", str(config)]
+    cmd, commits = generate_job(tmp_path, "resume", 2, port, repo_root)
     env = dict(os.environ, **ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    commits = tmp_path / "resume" / "generate" / "commits"
 
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"),
                              start_new_session=True)

@@ -72,6 +72,17 @@ class LocalTeacherConfig(Section):
     startup_timeout_s: float = Field(120.0, gt=0)
     weight: float = Field(1.0, gt=0)
     max_concurrency: int = Field(2, ge=1)
+    # Another OpenAI-compatible server to start instead of llama-cpp-python's (e.g. llama.cpp's own
+    # `llama-server` binary): argv with {python} {model} {alias} {host} {port} {n_ctx} {n_threads}
+    # filled in. It must serve /v1/models and /v1/chat/completions under the alias.
+    command: list[str] | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_has_port(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not any("{port}" in part for part in v)):
+            raise ValueError("give the server's argv with a {port} placeholder (the job picks the port), or null")
+        return v
 
 
 class LabeledDatasetConfig(Section):

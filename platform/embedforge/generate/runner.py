@@ -7,11 +7,13 @@ the same command reads the committed shards and plans only what is still missing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 from embedforge.generate.config import GenerateConfig, TeacherConfig
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
@@ -34,8 +36,9 @@ from embedforge.section import ConfigError
 class Committer:
     """Driver-side end of the pipeline: whole-run dedupe, per-group caps, shard commits, health."""
 
-    def __init__(self, store: RunStore, cfg: GenerateConfig, targets: dict[str, int], records: list[dict], kept_rows: list[dict]):
-        self.store, self.cfg, self.targets = store, cfg, targets
+    def __init__(self, store: RunStore, cfg: GenerateConfig, targets: dict[str, int], records: list[dict],
+                 kept_rows: list[dict], server: LocalTeacherServer | None = None):
+        self.store, self.cfg, self.targets, self.server = store, cfg, targets, server
         self.records = records  # every committed attempt of the run (grows as shards commit)
         self.session: list[dict] = []
         self.kept = Counter(r["group"] for r in records if r["status"] == "kept" and r["kind"] == "example")
@@ -81,6 +84,8 @@ class Committer:
     def check_teachers(self):
         for teacher, (attempts, failures) in teacher_reject_rates(self.session).items():
             if attempts >= self.cfg.reject_min_attempts and failures / attempts > self.cfg.max_reject_rate:
+                if self.server is not None:  # a dead local server is reported as dead, not as a reject count
+                    self.server.raise_if_dead("mid-run")
                 reasons = Counter(r["reason"] for r in self.session if r["teacher"] == teacher and r["status"] != "kept")
                 raise TeacherError(
                     f"teacher {teacher!r} failed {failures} of its last {attempts} calls (> generate.max_reject_rate="
@@ -104,15 +109,49 @@ def _teachers(cfg: GenerateConfig, server: LocalTeacherServer | None) -> list[Te
     return teachers
 
 
-def _stream(requests, teachers, run_key, cfg):
+class ReadyTeachers(NamedTuple):
+    """The run's teachers after the check, and the local server when the job started one."""
+
+    teachers: list[TeacherConfig]
+    server: LocalTeacherServer | None
+    checks: dict[str, dict]  # teacher name -> its test completion (text, latency_s, completion_tokens)
+
+
+@contextlib.contextmanager
+def ready_teachers(gen: GenerateConfig, log_dir: Path):
+    """Start the local teacher (if enabled) and send every teacher one real short completion, before
+    any Ray work: a teacher that cannot answer fails here, named, with its URL and what happened."""
+    server = LocalTeacherServer(gen.local_teacher, log_dir=log_dir) if gen.local_teacher.enabled else None
+    try:
+        if server:
+            server.start()
+        teachers = _teachers(gen, server)
+        checks = {}
+        if gen.engine == "openai":
+            for teacher in teachers:
+                local = server if server is not None and teacher.name == server.cfg.name else None
+                checks[teacher.name] = preflight(teacher, server=local)
+        yield ReadyTeachers(teachers, server, checks)
+    finally:
+        if server:
+            server.stop()
+
+
+def _stream(requests, ready: ReadyTeachers, run_key, cfg):
+    """The pipeline's outcomes; a local server that died is reported at once, before its errors count."""
     from embedforge.generate.pipeline import build_dataset
 
     if not requests:
-        return iter(())
-    return build_dataset(requests, teachers, run_key, cfg.actors, cfg).iter_rows()
+        return
+    for out in build_dataset(requests, ready.teachers, run_key, cfg.actors, cfg).iter_rows():
+        if ready.server is not None:
+            ready.server.raise_if_dead("mid-run")
+        yield out
+    if ready.server is not None:
+        ready.server.raise_if_dead("mid-run")
 
 
-def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, teachers, weights, run_key, run_seed):
+def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, ready: ReadyTeachers, weights, run_key, run_seed):
     """Task definitions per brainstorm group, from the run dir or fresh brainstorm calls (then saved),
     and the records of the calls made now."""
     tasks: dict[str, list[str]] = {}
@@ -140,7 +179,7 @@ def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, teachers, weights
                         "messages": messages, "schema": json.dumps(BRAINSTORM_SCHEMA), "seed": row_seed(run_seed, rid),
                         "values": "{}", "teacher": choose_teacher(run_seed, rid, weights), "max_tokens": cfg.brainstorm_max_tokens,
                     })
-        for out in _stream(requests, teachers, run_key, cfg):
+        for out in _stream(requests, ready, run_key, cfg):
             st = pending[out["group"]]
             call = int(out["id"].split("-")[-2])
             st["records"].append({k: out[k] for k in ("id", "group", "kind", "teacher", "language", "status", "reason", "prompt_tokens", "completion_tokens")})
@@ -178,68 +217,64 @@ def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, 
     return requests
 
 
-def generate_synthetic(cfg, run_dir: Path) -> dict:
+def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -> dict:
+    """Synthetic rows until every group is full; ``ready``: teachers already checked (the pipeline
+    checks them before it starts Ray), else this call starts and checks them itself."""
+    if ready is None:
+        with ready_teachers(cfg.generate, RunStore(run_dir).gen_dir) as ready:
+            return generate_synthetic(cfg, run_dir, ready)
     gen: GenerateConfig = cfg.generate
     store = RunStore(run_dir)
     run_seed = cfg.run.seed
     languages = language_weights(gen.language_weights)
     targets = split_counts(gen.num_rows, dict(gen.groups))
-    server = LocalTeacherServer(gen.local_teacher, log_dir=store.gen_dir) if gen.local_teacher.enabled else None
     started = time.monotonic()
+    teachers = ready.teachers
+    import ray.data
+
+    from embedforge.ray_utils import init_ray
+
+    init_ray()
+    # Our own progress bar counts kept rows; Ray Data's per-operator bars would only add noise.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    run_key = f"{Path(run_dir).resolve().name}-{row_seed(0, str(Path(run_dir).resolve()))}"
+    for t in teachers:
+        if t.requests_per_minute or t.tokens_per_minute:
+            limits_actor(run_key, t)
+    weights = {t.name: t.weight for t in teachers}
+    state = store.load()
+    committer = Committer(store, gen, targets, state.records, state.kept_rows, server=ready.server)
+    tasks, brainstorm_records = _brainstorm(store, gen, targets, ready, weights, run_key, run_seed)
+    committer.records += brainstorm_records
+    committer.session += brainstorm_records
+    bar = _progress(gen.num_rows, sum(committer.kept.values()), gen.progress)
     try:
-        if server:
-            server.start()
-        teachers = _teachers(gen, server)
-        if gen.engine == "openai":
-            for teacher in teachers:  # before any Ray work
-                preflight(teacher)
-        import ray.data
-
-        from embedforge.ray_utils import init_ray
-
-        init_ray()
-        # Our own progress bar counts kept rows; Ray Data's per-operator bars would only add noise.
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        run_key = f"{Path(run_dir).resolve().name}-{row_seed(0, str(Path(run_dir).resolve()))}"
-        for t in teachers:
-            if t.requests_per_minute or t.tokens_per_minute:
-                limits_actor(run_key, t)
-        weights = {t.name: t.weight for t in teachers}
-        state = store.load()
-        committer = Committer(store, gen, targets, state.records, state.kept_rows)
-        tasks, brainstorm_records = _brainstorm(store, gen, targets, teachers, weights, run_key, run_seed)
-        committer.records += brainstorm_records
-        committer.session += brainstorm_records
-        bar = _progress(gen.num_rows, sum(committer.kept.values()), gen.progress)
-        try:
-            for _ in range(gen.max_rounds):
+        for _ in range(gen.max_rounds):
+            if not committer.missing():
+                break
+            requests = _plan(committer, gen, tasks, weights, languages, run_seed)
+            for out in _stream(requests, ready, run_key, gen):
+                if committer.add(out) and bar is not None:
+                    bar.update(1)
                 if not committer.missing():
                     break
-                requests = _plan(committer, gen, tasks, weights, languages, run_seed)
-                for out in _stream(requests, teachers, run_key, gen):
-                    if committer.add(out) and bar is not None:
-                        bar.update(1)
-                    if not committer.missing():
-                        break
-                committer.flush()
-        finally:
             committer.flush()
-            if bar is not None:
-                bar.close()
-        prices = {t.name: (t.price_prompt_per_1k, t.price_completion_per_1k) for t in teachers}
-        summary = summarize(committer.records, prices, time.monotonic() - started, committer.session)
-        summary["targets"] = targets
-        summary["complete"] = not committer.missing()
-        summary["fallback_tasks"] = sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback"))
-        if committer.missing():
-            summary["missing"] = committer.missing()
-        return summary
     finally:
-        if server:
-            server.stop()
+        committer.flush()
+        if bar is not None:
+            bar.close()
+    prices = {t.name: (t.price_prompt_per_1k, t.price_completion_per_1k) for t in teachers}
+    summary = summarize(committer.records, prices, time.monotonic() - started, committer.session)
+    summary["targets"] = targets
+    summary["complete"] = not committer.missing()
+    summary["fallback_tasks"] = sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback"))
+    summary["teacher_checks"] = ready.checks
+    if committer.missing():
+        summary["missing"] = committer.missing()
+    return summary
 
 
-def run(cfg) -> dict:
+def run(cfg, ready: ReadyTeachers | None = None) -> dict:
     from embedforge.generate.labeled import write_labeled
 
     run_dir = Path(cfg.run.dir)
@@ -247,7 +282,7 @@ def run(cfg) -> dict:
     if cfg.generate.labeled:
         result["labeled"] = write_labeled(cfg.generate.labeled, run_dir / "data", seed=cfg.run.seed)
     if cfg.generate.num_rows > 0:
-        summary = generate_synthetic(cfg, run_dir)
+        summary = generate_synthetic(cfg, run_dir, ready)
         summary["labeled"] = result.get("labeled", {})
         path = RunStore(run_dir).save_summary(summary)
         result.update(summary)

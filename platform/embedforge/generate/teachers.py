@@ -23,6 +23,16 @@ class TeacherError(ConfigError):
     """A teacher that cannot be used; the message names the teacher, its endpoint and the error."""
 
 
+class LocalTeacherDied(TeacherError):
+    """The local teacher's server process is gone: its exit status, log tail and what to do."""
+
+
+PORTABLE_REINSTALL = (
+    'pip cache remove llama_cpp_python; CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall '
+    '--no-deps "llama-cpp-python[server]==0.3.36"'
+)
+
+
 # --------------------------------------------------------------------------------------- limits
 
 
@@ -143,8 +153,14 @@ async def call_teacher(client, teacher: TeacherConfig, request: dict, max_tokens
 # ------------------------------------------------------------------------------------ preflight
 
 
-def preflight(teacher: TeacherConfig, timeout_s: float = 20.0) -> None:
-    """Reachable, key accepted, model served — checked before any Ray work; raises TeacherError."""
+PREFLIGHT_PROMPT = [{"role": "user", "content": "Reply with the single word: OK"}]
+
+
+def preflight(teacher: TeacherConfig, timeout_s: float = 60.0, server: LocalTeacherServer | None = None) -> dict:
+    """Reachable, key accepted, model served, and one real short completion answered — checked before
+    any Ray work. Raises TeacherError naming the teacher, its URL and what happened; when ``server``
+    (the local teacher's process) died meanwhile, LocalTeacherDied with its exit status and log.
+    Returns the completion's text, tokens and latency."""
     import openai
 
     where = f"teacher {teacher.name!r} at {teacher.base_url}"
@@ -153,18 +169,33 @@ def preflight(teacher: TeacherConfig, timeout_s: float = 20.0) -> None:
     except ValueError as exc:
         raise TeacherError(f"{where}: {exc}") from None
     client = openai.OpenAI(base_url=teacher.base_url, api_key=key, max_retries=1, timeout=timeout_s)
+    step = "GET /models"
     try:
         served = [m.id for m in client.models.list().data]
-    except openai.AuthenticationError as exc:
-        raise TeacherError(f"{where}: the API key in ${teacher.api_key_env} was refused ({exc.status_code}: {exc.message})") from None
-    except openai.APIConnectionError as exc:
-        raise TeacherError(f"{where}: endpoint unreachable ({exc.__cause__ or exc})") from None
-    except openai.APIStatusError as exc:
-        raise TeacherError(f"{where}: HTTP {exc.status_code} from /models ({exc.message})") from None
+        if teacher.model not in served:
+            raise TeacherError(f"{where}: unknown model {teacher.model!r}; the endpoint serves: {', '.join(served) or 'nothing'}")
+        step = "a test completion (POST /chat/completions, 8 tokens)"
+        started = time.monotonic()
+        resp = client.chat.completions.create(model=teacher.model, messages=PREFLIGHT_PROMPT, max_tokens=8, temperature=0)
+        if not resp.choices:
+            raise TeacherError(f"{where}: {step} came back without choices")
+        usage = resp.usage
+        return {"text": resp.choices[0].message.content or "", "latency_s": round(time.monotonic() - started, 3),
+                "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0)}
+    except openai.OpenAIError as exc:
+        if server is not None:
+            server.raise_if_dead(f"during the teacher check ({step})")
+        if isinstance(exc, openai.AuthenticationError):
+            raise TeacherError(f"{where}: the API key in ${teacher.api_key_env} was refused ({exc.status_code}: {exc.message})") from None
+        if isinstance(exc, openai.APITimeoutError):
+            raise TeacherError(f"{where}: no answer to {step} within {timeout_s:g} s") from None
+        if isinstance(exc, openai.APIConnectionError):
+            raise TeacherError(f"{where}: endpoint unreachable during {step} ({exc.__cause__ or exc})") from None
+        if isinstance(exc, openai.APIStatusError):
+            raise TeacherError(f"{where}: HTTP {exc.status_code} from {step} ({exc.message})") from None
+        raise TeacherError(f"{where}: {step} failed: {type(exc).__name__}: {exc}") from None
     finally:
         client.close()
-    if teacher.model not in served:
-        raise TeacherError(f"{where}: unknown model {teacher.model!r}; the endpoint serves: {', '.join(served) or 'nothing'}")
 
 
 # ---------------------------------------------------------------------------- the local teacher
@@ -214,27 +245,74 @@ class LocalTeacherServer:
             timeout_s=600.0,
         )
 
-    def start(self) -> LocalTeacherServer:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        fill = {"python": sys.executable, "model": str(self.gguf), "alias": self.alias, "host": self.cfg.host,
+                "port": str(self.port), "n_ctx": str(self.cfg.n_ctx), "n_threads": str(self.cfg.n_threads or os.cpu_count())}
+        if self.cfg.command:
+            return [part.format(**fill) for part in self.cfg.command]
         cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--host", self.cfg.host,
-            "--port", str(self.port), "--model_alias", self.alias, "--n_ctx", str(self.cfg.n_ctx),
+            sys.executable, "-m", "llama_cpp.server", "--model", fill["model"], "--host", self.cfg.host,
+            "--port", fill["port"], "--model_alias", self.alias, "--n_ctx", fill["n_ctx"],
         ]
         if self.cfg.n_threads:
-            cmd += ["--n_threads", str(self.cfg.n_threads)]
+            cmd += ["--n_threads", fill["n_threads"]]
+        return cmd
+
+    def start(self) -> LocalTeacherServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            cmd, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            self.command(), stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TeacherError(f"local teacher server exited at start: {self.log_path.read_text()[-1500:]}")
+            self.raise_if_dead("while starting")
             if self._ready():
                 return self
             time.sleep(0.3)
         self.stop()
-        raise TeacherError(f"local teacher server not ready after {self.cfg.startup_timeout_s}s (log: {self.log_path})")
+        raise TeacherError(
+            f"local teacher {self.cfg.name!r} at {self.base_url}: not ready after {self.cfg.startup_timeout_s:g} s "
+            f"(generate.local_teacher.startup_timeout_s). Last lines of {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def exit_status(self) -> str | None:
+        """None while the process runs; else how it ended ("exit code 1", "killed by signal SIGSEGV")."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            return f"killed by signal {name} (exit status {code})"
+        return f"exit code {code}"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
+
+    def raise_if_dead(self, when: str) -> None:
+        """Raise LocalTeacherDied when the server process has ended (at start-up, preflight or mid-run)."""
+        status = self.exit_status()
+        if status is None:
+            return
+        crashed = "SIGSEGV" in status or "SIGILL" in status
+        advice = (
+            "A crash like this on the first completion is what a llama.cpp built for another CPU (or natively "
+            "on an AVX-512/AMX CPU) does: check the build with `embedforge doctor`, and reinstall it portable with\n"
+            f"    {PORTABLE_REINSTALL}\n" if crashed else
+            "Read the log above (port taken, model file missing, out of memory?) and `embedforge doctor`.\n"
+        )
+        raise LocalTeacherDied(
+            f"local teacher {self.cfg.name!r} ({self.base_url}) died {when}: {status}. "
+            f"Last lines of {self.log_path}:\n{self.log_tail()}\n{advice}"
+            "Committed work is kept: rerun the same command to continue."
+        )
 
     def _ready(self) -> bool:
         import urllib.request
