@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", "-t", action="append", default=[], help="a text to encode (repeatable)")
     p.add_argument("--instruction", "-i", default=None, help="task instruction: texts are encoded as queries")
 
+    p = sub.add_parser("doctor", help="Check this machine against a config: one verdict and fix per check.",
+                       description="Check Python and packages, the CPU and the llama.cpp build, a local Ray instance, "
+                                   "the teachers (a real completion), MiniLM, the config's data paths, disk and memory. "
+                                   "Exit code 1 when something the config needs is missing.")
+    p.add_argument("--config", "-c", help="YAML config file (defaults apply when omitted)")
+    p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override any config key")
+
     for name, (_, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_args(p)
@@ -83,14 +90,7 @@ def _cmd_stage(args) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
-    module_name = STAGES[args.command][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            print(f"embedforge: the '{args.command}' stage is not part of this version yet", file=sys.stderr)
-            return 2
-        raise
+    module = importlib.import_module(STAGES[args.command][0])
     result = module.run(cfg)
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
@@ -100,6 +100,10 @@ def _cmd_stage(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "doctor":
+            from embedforge.doctor import run_doctor
+
+            return run_doctor(args.config, args.overrides)
         if args.command == "import-model":
             return _cmd_import_model(args)
         if args.command == "embed":
