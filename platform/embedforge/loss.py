@@ -52,6 +52,19 @@ def info_nce(
 
 
 class InfoNCELoss(nn.Module):
+    """InfoNCE as an ``nn.Module``: a thin, parameter-free wrapper that holds τ and calls ``info_nce``.
+
+    ``temperature`` (τ, default 0.02 as in the paper) must be > 0, else ``ValueError`` at construction.
+    ``forward(queries, positives, negatives=None, query_offset=0, num_queries=None)`` returns
+    ``info_nce(queries, positives, negatives, self.temperature, query_offset, num_queries)``: logits
+    are cosine similarities / τ (``similarity_logits``) of each query against every document in the
+    batch — all positives ``(B, dim)`` followed by any hard negatives ``(B*k, dim)``, so other queries'
+    positives serve as in-batch negatives — and the loss is the mean cross-entropy of each query
+    against its own positive (the column at its row index). ``query_offset``/``num_queries`` score
+    only a slice of the query rows (a worker's local queries within the gathered global batch).
+    Returns a scalar tensor.
+    """
+
     def __init__(self, temperature: float = 0.02):
         super().__init__()
         if temperature <= 0:

@@ -2,8 +2,9 @@
 
 Outputs: the LoRA adapter (gathered from ZeRO-3 partitions: outside a gather a partitioned parameter
 has shape (0,), so a naive ``save_pretrained`` writes an empty adapter), a merged Hugging Face
-directory, and a sentence-transformers directory (last-token pooling, normalisation, EOS appended by
-the tokenizer, ``prompts`` holding the instruction template) that encodes like ``embedforge.encoder``.
+directory, and a sentence-transformers directory (the pooling of ``model.pooling``, normalisation when
+``model.normalize``, EOS appended by the tokenizer, ``prompts`` holding the instruction template) that
+encodes like ``embedforge.encoder``.
 """
 
 from __future__ import annotations
