@@ -47,15 +47,17 @@ def main() -> int:
 
     import numpy as np
     import torch
+    from sentence_transformers import SentenceTransformer
 
-    from embedforge.evaluate.backends import ModelSpec, SentenceTransformerBackend
+    from embedforge.embedders import EmbedderSpec
     from embedforge.evaluate.sharded import encode_sharded
+    from embedforge.models import resolve_backbone
     from embedforge.ray_utils import init_ray
 
     texts = load_texts(args.data, args.n)
-    spec = ModelSpec(args.model, batch_size=args.batch_size)
-    st = SentenceTransformerBackend(spec)
-    tokens = sum(st.count_tokens(texts))
+    spec = EmbedderSpec(args.model)
+    st = SentenceTransformer(resolve_backbone(args.model), device="cpu")
+    tokens = sum(len(ids) for ids in st.tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"])
     init_ray(num_cpus=os.cpu_count())
     actor_counts = [int(a) for a in args.actors.split(",")]
     times: dict[str, list[float]] = {"sentence-transformers": []}
@@ -63,7 +65,7 @@ def main() -> int:
     reference = None
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        reference = st.encode(texts)
+        reference = st.encode(texts, batch_size=args.batch_size, show_progress_bar=False)
         times["sentence-transformers"].append(time.perf_counter() - t0)
         for k in actor_counts:
             first: list[float] = []

@@ -59,10 +59,10 @@ class RawEncode:
         import torch
 
         from embedforge.config import ModelConfig
-        from embedforge.serving.model import load_encoder
+        from embedforge.embedders import load_embedder
 
         torch.set_num_threads(os.cpu_count() or 1)
-        self.encoder = load_encoder(ModelConfig(backbone=model_dir, max_length=512))
+        self.encoder = load_embedder(ModelConfig(backbone=model_dir, max_length=512))
         self.flat = [s for b in batches for s in b]
         self.encoder.encode(self.flat[:64])  # warm-up
 

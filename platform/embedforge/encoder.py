@@ -94,18 +94,10 @@ class Encoder:
 
     @classmethod
     def from_config(cls, model_cfg) -> Encoder:
-        from embedforge.models import load_backbone
+        """Same as ``embedforge.embedders.load_embedder`` (the one loader; kept for its callers)."""
+        from embedforge.embedders import load_embedder
 
-        model, tokenizer = load_backbone(model_cfg.backbone, model_cfg.dtype, model_cfg.adapter, model_cfg.device)
-        return cls(
-            model,
-            tokenizer,
-            pooling=model_cfg.pooling,
-            normalize=model_cfg.normalize,
-            max_length=model_cfg.max_length,
-            batch_tokens=model_cfg.batch_tokens,
-            device=model_cfg.device,
-        )
+        return load_embedder(model_cfg)
 
     @property
     def dim(self) -> int:

@@ -75,8 +75,8 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
     from peft import LoraConfig, get_peft_model
 
     from embedforge.encoder import Encoder
-    from embedforge.evaluate.backends import ModelSpec
     from embedforge.evaluate.runner import run
+    from embedforge.evaluate.spec import ModelSpec
     from embedforge.models import load_backbone
 
     folder, docs, queries = small_scifact
@@ -98,7 +98,7 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
     # What the cache holds is what the Encoder gives for the paper's instruction (queries) and none (docs).
     merged, tok = load_backbone(smollm2_dir, adapter=str(tmp_path / "adapter"))
     enc = Encoder(merged, tok, max_length=64)
-    fp = ModelSpec.from_model_config(cfg.model).fingerprint()
+    fp = ModelSpec.of(cfg.model).fingerprint()
     instr = "Given a scientific claim, retrieve documents that support or refute the claim"
     qcache = EmbeddingCache(tmp_path / "cache", namespace_key(fp, instr))
     dcache = EmbeddingCache(tmp_path / "cache", namespace_key(fp, None))
@@ -118,10 +118,10 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
 
 ENCODE_SCRIPT = r"""
 import json, sys
-from embedforge.evaluate.backends import ModelSpec
+from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
 texts = json.load(open(sys.argv[1]))
-model = EmbedforgeModel(ModelSpec("all-minilm-l6-v2", batch_size=16), "test/minilm", use_instructions=False,
+model = EmbedforgeModel(ModelSpec("all-minilm-l6-v2"), "test/minilm", use_instructions=False,
                         cache_dir=sys.argv[2], shard=ShardSettings(batch_size=16, num_actors=1))
 vecs = model.encode_texts(texts, None, force_shard=True)
 import numpy as np
@@ -130,14 +130,16 @@ print("STATS " + json.dumps({"encoded_ray": model.stats.encoded_ray, "hits": mod
 """
 
 
-def test_killed_encoding_resumes_from_cache(ray_cluster, shared_data, tmp_path):
-    from embedforge.evaluate.backends import ModelSpec, SentenceTransformerBackend
+def test_killed_encoding_resumes_from_cache(ray_cluster, shared_data, minilm_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.evaluate.spec import ModelSpec
 
     lines = (shared_data / "scifact" / "corpus.jsonl").read_text().splitlines()[:600]
     texts = [(d["title"] + " " + d["text"]).strip() for d in map(json.loads, lines)]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     cache_root = tmp_path / "cache"
-    spec = ModelSpec("all-minilm-l6-v2", batch_size=16)
+    spec = ModelSpec("all-minilm-l6-v2")
     cache = lambda: EmbeddingCache(cache_root, namespace_key(spec.fingerprint(), None))  # noqa: E731
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
     cmd = [sys.executable, "-c", ENCODE_SCRIPT, str(tmp_path / "texts.json"), str(cache_root), str(tmp_path / "v.npy")]
@@ -164,7 +166,7 @@ def test_killed_encoding_resumes_from_cache(ray_cluster, shared_data, tmp_path):
     assert stats["encoded_ray"] == len(texts) - cached  # only what was missing
     vecs = np.load(tmp_path / "v.npy")
     sample = list(range(0, len(texts), 47))
-    st = SentenceTransformerBackend(spec).encode([texts[i] for i in sample])
+    st = SentenceTransformer(minilm_dir, device="cpu").encode([texts[i] for i in sample])
     np.testing.assert_allclose(vecs[sample], st, atol=1e-4)  # joined back by id, in input order
     assert rerun()["encoded_ray"] == 0  # a complete cache: nothing encoded
 

@@ -67,9 +67,9 @@ def endpoint(ray_cluster, minilm_dir):
 
 @pytest.fixture(scope="module")
 def offline(endpoint):
-    from embedforge.serving.model import load_encoder
+    from embedforge.embedders import load_embedder
 
-    return load_encoder(endpoint["cfg"].model)
+    return load_embedder(endpoint["cfg"].model)
 
 
 @pytest.fixture(scope="module")

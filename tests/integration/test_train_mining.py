@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from embedforge.embedders import EmbedderSpec
 from embedforge.train.mining import mine_hard_negatives
 
 
@@ -21,7 +22,7 @@ def test_mining_fills_only_missing_negatives_from_the_top_k(ray_cluster, minilm_
         "query": [q for q, _ in pairs], "positive": [p for _, p in pairs],
         "negatives": [[] for _ in pairs[:-1]] + [["Yeast is a fungus."]],
     })
-    mined = mine_hard_negatives(rows, minilm_dir, top_k=2, num_negatives=1, seed=0, max_length=64)
+    mined = mine_hard_negatives(rows, EmbedderSpec(minilm_dir, max_length=64), top_k=2, num_negatives=1, seed=0)
     assert mined["negatives"].iloc[-1] == ["Yeast is a fungus."]  # rows with negatives are untouched
     topic_of = {p: i // 2 for i, (_, p) in enumerate(pairs)}
     for i in range(len(pairs) - 1):

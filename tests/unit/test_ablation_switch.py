@@ -58,9 +58,9 @@ def test_mining_embeds_queries_as_training_will(monkeypatch, tiny_tokenizer, ins
     encoder = Encoder(tiny_model("llama"), tiny_tokenizer, max_length=32)
     asked = []
 
-    def embed_in_process(texts, tasks, model_spec, max_length, replicas):
-        asked.append(list(tasks))
-        return encoder.encode([format_query(t, task or None) for t, task in zip(texts, tasks, strict=True)])
+    def embed_in_process(texts, instructions, model, replicas):
+        asked.append(list(instructions))
+        return encoder.encode([format_query(t, i or None) for t, i in zip(texts, instructions, strict=True)])
 
     monkeypatch.setattr(mining, "_embed", embed_in_process)
     rows = pd.DataFrame({"query": ["cats purr", "stocks fell", "rain today"], "task": ["find it"] * 3,
@@ -93,14 +93,14 @@ def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokeniz
     import mteb
     from mteb._create_dataloaders import _create_dataloader_from_texts
 
-    from embedforge.evaluate.backends import ModelSpec
+    from embedforge.evaluate.spec import ModelSpec
     from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
     from embedforge.testing import tiny_model
 
     d = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
-    spec = ModelSpec(backbone=str(d), max_length=32, batch_size=4)
+    spec = ModelSpec(backbone=str(d), max_length=32)
     texts = ["a man plays a flute", "a plane takes off"]
     meta = mteb.get_task("STSBenchmark").metadata
     vecs = {}
@@ -109,7 +109,7 @@ def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokeniz
                                 shard=ShardSettings(retrieval_corpus=False))
         vecs[use] = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                                  hf_subset="default", prompt_type="query")
-    plain = model.backend.encoder.encode(texts)
+    plain = model.embedder.encode(texts)
     np.testing.assert_allclose(vecs[False], plain, atol=1e-5)
     assert not np.allclose(vecs[True], plain, atol=1e-3)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from embedforge.config import load_config
+from embedforge.encode_pool import join_by_id, length_sorted_rows
 from embedforge.evaluate.cache import EmbeddingCache, model_fingerprint, namespace_key, text_hash
 from embedforge.evaluate.config import EvaluateConfig, LocalTaskConfig
-from embedforge.evaluate.sharded import join_by_id, length_sorted_rows
 from embedforge.evaluate.summary import summary_table, to_markdown, write_summary
 from embedforge.evaluate.tasks import TaskDataError, local_task, read_beir, read_classification, read_sts
 from embedforge.evaluate.wrapper import task_instruction
@@ -158,8 +158,9 @@ def test_join_by_id_ignores_row_order():
 
 
 def test_length_sorted_rows_keep_ids():
-    rows = length_sorted_rows(["aa", "a", "aaaa"])
+    rows = length_sorted_rows(["aa", "a", "aaaa"], [None, "find", None])
     assert [r["id"] for r in rows] == [2, 0, 1] and rows[0]["text"] == "aaaa"
+    assert [r["instruction"] for r in rows] == ["", "", "find"]  # "" = none: one type per Arrow column
 
 
 # ------------------------------------------------------------------------------ mteb wrapper
@@ -178,21 +179,21 @@ def test_wrapper_applies_instructions_and_caches(tmp_path, tiny_model_dir):
     from mteb._create_dataloaders import _create_dataloader_from_texts
     from mteb.models import EncoderProtocol
 
-    from embedforge.evaluate.backends import ModelSpec
+    from embedforge.evaluate.spec import ModelSpec
     from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
 
-    spec = ModelSpec(backbone=tiny_model_dir, max_length=32, batch_size=4)
+    spec = ModelSpec(backbone=tiny_model_dir, max_length=32)
     local_only = ShardSettings(retrieval_corpus=False)  # no Ray in the unit tier
     model = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"), shard=local_only)
     assert isinstance(model, EncoderProtocol)
-    assert model.mteb_model_meta.name == "test/tiny" and model.mteb_model_meta.embed_dim == model.backend.dim
+    assert model.mteb_model_meta.name == "test/tiny" and model.mteb_model_meta.embed_dim == model.embedder.dim
     meta = mteb.get_task("SciFact").metadata
     texts = ["a claim about cells", "another claim", "a claim about cells"]
     q = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                      hf_subset="default", prompt_type="query")
     d = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                      hf_subset="default", prompt_type="document")
-    enc = model.backend.encoder
+    enc = model.embedder
     sci = task_instruction("SciFact", "Retrieval", "query")
     assert np.allclose(q, enc.encode(texts, instruction=sci), atol=1e-5)
     assert np.allclose(d, enc.encode(texts), atol=1e-5)
@@ -205,7 +206,7 @@ def test_wrapper_applies_instructions_and_caches(tmp_path, tiny_model_dir):
 
 
 def test_evaluate_dtype_sets_decoder_precision_and_cache_key(tiny_model_dir):
-    from embedforge.evaluate.backends import DecoderBackend
+    from embedforge.embedders import load_embedder
     from embedforge.evaluate.runner import models_to_run
 
     base = [f"model.backbone={tiny_model_dir}", f"evaluate.baselines={{b: {{model: {tiny_model_dir}}}}}"]
@@ -216,7 +217,7 @@ def test_evaluate_dtype_sets_decoder_precision_and_cache_key(tiny_model_dir):
     # bf16 vectors never come out of (or go into) the float32 cache.
     assert fp32[0][1].fingerprint() != bf16[0][1].fingerprint()
     texts = ["a claim about cells", "stocks fell sharply on monday"]
-    a, b = DecoderBackend(fp32[0][1]).encode(texts), DecoderBackend(bf16[0][1]).encode(texts)
+    a, b = load_embedder(fp32[0][1]).encode(texts), load_embedder(bf16[0][1]).encode(texts)
     assert a.dtype == b.dtype == np.float32
     assert (a * b).sum(1).min() > 0.99 and not np.array_equal(a, b)
     with pytest.raises(ConfigError, match="evaluate.dtype"):
@@ -224,7 +225,7 @@ def test_evaluate_dtype_sets_decoder_precision_and_cache_key(tiny_model_dir):
 
 
 def test_missing_model_path_is_named(tmp_path):
-    from embedforge.evaluate.backends import ModelPathError, ModelSpec
+    from embedforge.evaluate.spec import ModelPathError, ModelSpec
 
     with pytest.raises(ModelPathError, match="model path '/nonexistent/model' does not exist"):
         ModelSpec(backbone="/nonexistent/model").fingerprint()

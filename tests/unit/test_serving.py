@@ -447,9 +447,9 @@ def test_sentence_transformers_dir_matches_sentence_transformers(minilm_dir):
     from sentence_transformers import SentenceTransformer
 
     from embedforge.config import ModelConfig
-    from embedforge.serving.model import load_encoder
+    from embedforge.embedders import load_embedder
 
-    enc = load_encoder(ModelConfig(backbone=minilm_dir))
+    enc = load_embedder(ModelConfig(backbone=minilm_dir))
     assert enc.pooling == "mean" and enc.normalize
     ref = SentenceTransformer(minilm_dir, device="cpu").encode(TEXTS + ["word " * 400], normalize_embeddings=False)
     ours = enc.encode(TEXTS + ["word " * 400])

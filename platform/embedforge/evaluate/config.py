@@ -70,9 +70,9 @@ class EvaluateConfig(Section):
     # Whether the evaluated model gets instructions at all (False: plain texts on both sides).
     use_instructions: bool = True
     baselines: dict[str, BaselineConfig] = Field(default_factory=dict)
-    # Encoding precision of the decoder models evaluated (the tuned one and decoder baselines); null:
-    # model.dtype. bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX (measured
-    # on this repo's 2-core EPYC box); sentence-transformers baselines keep their own precision.
+    # Encoding precision of every model evaluated (the tuned one and the baselines); null: model.dtype.
+    # bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX (measured on this
+    # repo's 2-core EPYC box); a published-score check of a sentence-transformers baseline wants float32.
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     # Text lists at least this long (and every retrieval corpus) are encoded by Ray Data actors.
     shard_threshold: int = Field(2048, ge=1)
@@ -83,8 +83,6 @@ class EvaluateConfig(Section):
     gpus_per_actor: float = Field(0.0, ge=0)
     # Rows per Ray Data batch (each batch is length-sorted and then token-budgeted by the encoder).
     ray_batch_size: int = Field(256, ge=1)
-    # sentence-transformers batch size (baselines).
-    batch_size: int = Field(64, ge=1)
     # None: <run.output_dir>/<run.name>/embedding_cache; "" turns the cache off.
     cache_dir: str | None = None
     # None: <run.output_dir>/<run.name>/evaluate

@@ -11,10 +11,9 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
-from embedforge.evaluate.backends import ModelSpec
+from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
 from embedforge.evaluate.tasks import local_task, named_task
 from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
@@ -47,13 +46,10 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
     ecfg = cfg.evaluate
     use = ecfg.use_instructions and cfg.model.instructions
     dtype = ecfg.dtype or cfg.model.dtype
-    runs = [(cfg.run.name, replace(ModelSpec.from_model_config(cfg.model, ecfg.batch_size), dtype=dtype), use)]
+    runs = [(cfg.run.name, ModelSpec.of(cfg.model, dtype=dtype), use)]
     for name, b in ecfg.baselines.items():
-        if b.model is not None:
-            spec = ModelSpec(backbone=b.model, max_length=cfg.model.max_length, dtype=dtype,
-                             batch_tokens=cfg.model.batch_tokens, device=cfg.model.device, batch_size=ecfg.batch_size,
-                             pooling=cfg.model.pooling, normalize=cfg.model.normalize)
-            runs.append((name, spec, b.instructions))
+        if b.model is not None:  # the baseline's weights, encoded with the model section's settings
+            runs.append((name, ModelSpec.of(cfg.model, backbone=b.model, adapter=None, dtype=dtype), b.instructions))
     return runs
 
 

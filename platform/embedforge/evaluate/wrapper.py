@@ -1,5 +1,5 @@
-"""An mteb 2.x encoder (``EncoderProtocol``) over embedforge's backends, with the paper's instructions,
-an on-disk embedding cache and Ray-sharded encoding of the large side.
+"""An mteb 2.x encoder (``EncoderProtocol``) over an embedder (``embedforge.embedders``), with the
+paper's instructions, an on-disk embedding cache and Ray-sharded encoding of the large side.
 
 mteb hands ``encode`` a DataLoader plus the task's metadata and ``prompt_type`` (query/document).
 Instructions: retrieval/reranking queries get ``Instruct: …\\nQuery: ``, their documents none;
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 
-from embedforge.evaluate.backends import ModelSpec, load_backend
+from embedforge.embedders import load_embedder
 from embedforge.evaluate.cache import EmbeddingCache, namespace_key, text_hash
+from embedforge.evaluate.spec import ModelSpec
 from embedforge.instructions import ASYMMETRIC_TYPES, instruction_for
 
 
@@ -50,13 +51,13 @@ def task_instruction(task_name: str, task_type: str, prompt_type: str | None,
     return instruction_for(task_name, task_type, overrides)
 
 
-def _build_meta(name: str, spec: ModelSpec, fingerprint: str, dim: int, use_instructions: bool):
+def _build_meta(name: str, max_length: int, fingerprint: str, dim: int, use_instructions: bool):
     from mteb.models.model_meta import ModelMeta
 
     return ModelMeta(
         loader=None, name=name if "/" in name else f"embedforge/{name}", revision=fingerprint,
         release_date=None, languages=None, n_parameters=None, memory_usage_mb=None,
-        max_tokens=spec.max_length, embed_dim=dim, license=None, open_weights=True,
+        max_tokens=max_length, embed_dim=dim, license=None, open_weights=True,
         public_training_code=None, public_training_data=None, framework=["PyTorch"],
         similarity_fn_name="cosine", use_instructions=use_instructions, training_datasets=None,
     )
@@ -70,14 +71,15 @@ class EmbedforgeModel(AbsEncoder):
                  shard: ShardSettings | None = None):
         self.spec = spec
         self.fingerprint = spec.fingerprint()  # also validates the paths, before any loading
-        self.backend = load_backend(spec)
-        self.model = self.backend
+        self.embedder = load_embedder(spec)
+        self.model = self.embedder
         self.use_instructions = use_instructions
         self.overrides = dict(instruction_overrides or {})
         self.cache_dir = cache_dir
         self.shard = shard or ShardSettings()
         self.stats = EncodeStats()
-        self.mteb_model_meta = _build_meta(name, spec, self.fingerprint, self.backend.dim, use_instructions)
+        self.mteb_model_meta = _build_meta(name, self.embedder.max_length, self.fingerprint, self.embedder.dim,
+                                           use_instructions)
         self._caches: dict[str | None, EmbeddingCache] = {}
 
     # -- protocol -------------------------------------------------------------------------------
@@ -126,10 +128,11 @@ class EmbedforgeModel(AbsEncoder):
             else:
                 step = max(1, self.shard.batch_size)
                 for i in range(0, len(todo_texts), step):
-                    cache.put_many(todo_keys[i:i + step], self.backend.encode(todo_texts[i:i + step], instruction))
+                    vecs = self.embedder.encode(todo_texts[i:i + step], instruction, show_progress=False)
+                    cache.put_many(todo_keys[i:i + step], vecs)
                 self.stats.encoded_local += len(todo_texts)
             self.stats.calls.append({"n": len(todo_texts), "ray": use_ray, "instruction": instruction})
         found = cache.get_many(keys)
         if len(texts) == 0:
-            return np.zeros((0, self.backend.dim), dtype=np.float32)
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)

@@ -71,9 +71,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def served_model_name(cfg) -> str:
-    from embedforge.serving.model import default_model_name
+def default_model_name(backbone: str) -> str:
+    """An alias stays as it is; a path becomes its last component (``runs/x/merged`` -> ``merged``)."""
+    from embedforge.config import MODEL_ALIASES
 
+    if backbone in MODEL_ALIASES:
+        return backbone
+    return os.path.basename(os.path.normpath(os.path.expanduser(backbone))) or backbone
+
+
+def served_model_name(cfg) -> str:
     return cfg.serve.model_name or default_model_name(cfg.model.backbone)
 
 
@@ -86,8 +93,8 @@ class EmbeddingDeployment:
         import torch
 
         from embedforge.config import EmbedforgeConfig
+        from embedforge.embedders import load_embedder
         from embedforge.serving.metrics import RayMetrics
-        from embedforge.serving.model import load_encoder
         from embedforge.serving.service import EmbeddingService
 
         cfg = EmbedforgeConfig.model_validate(config)
@@ -95,7 +102,7 @@ class EmbeddingDeployment:
         # torch would use one core; the model should use the cores this process may really run on.
         torch.set_num_threads(cfg.serve.torch_threads or usable_cpus())
         self.cfg = cfg
-        self.encoder = load_encoder(cfg.model)
+        self.encoder = load_embedder(cfg.model)
         self.batch_tokens = min(cfg.model.batch_tokens, cfg.serve.max_batch_tokens)
         name = served_model_name(cfg)
         self.metrics = RayMetrics(name)

@@ -88,10 +88,12 @@ def read_valid_rows(path: str, key: str):
 
 
 def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int,
-                  mining_model: str | None = None, mining_max_length: int = 512, instructions: bool = True):
+                  mining_model=None, instructions: bool = True):
     """(materialized dataset of global-batch records sorted by step order, summary dict).
 
-    ``instructions`` is ``model.instructions``: False tokenizes (and mines) queries without their task.
+    ``mining_model``: the model section hard negatives are mined with (``train.mining.mining_spec``;
+    needed when ``train.mine_negatives``). ``instructions`` is ``model.instructions``: False tokenizes
+    (and mines) queries without their task.
     """
 
     sources = source_paths(train, run_dir)
@@ -116,9 +118,10 @@ def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: 
 
         from embedforge.train.mining import mine_hard_negatives
 
-        mined = mine_hard_negatives(mixed.to_pandas(), mining_model or tokenizer_path, train.mining_top_k,
-                                    max(1, train.negatives_per_query), seed, mining_max_length,
-                                    instructions=instructions)
+        if mining_model is None:
+            raise ValueError("build_batches: train.mine_negatives needs the mining model (mining_spec)")
+        mined = mine_hard_negatives(mixed.to_pandas(), mining_model, train.mining_top_k,
+                                    max(1, train.negatives_per_query), seed, instructions=instructions)
         mixed = ray.data.from_pandas(mined)
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",

@@ -2,8 +2,9 @@
 given embedding model retrieves for its query, excluding the query's positives (the paper mined the
 top-100 with mE5-base).
 
-The corpus is every distinct positive and negative of the rows. Embedding is a Ray Data step
-(``map_batches`` with an actor per model replica); the top-k search is a chunked matrix product.
+The corpus is every distinct positive and negative of the rows. Embedding runs on the Ray Data actor
+pool (``embedforge.encode_pool``, one model replica per actor); the top-k search is a chunked matrix
+product.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from embedforge.prompts import format_query
+from embedforge.embedders import EmbedderSpec
+from embedforge.encode_pool import encode_on_pool
 
 
 def top_k_indices(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
@@ -29,6 +31,10 @@ def top_k_indices(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 
     return out
 
 
+def unit_rows(vecs: np.ndarray) -> np.ndarray:
+    return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+
+
 def select_negatives(
     ranked: np.ndarray, corpus: Sequence[str], exclude: Sequence[set[str]], num_negatives: int, seed: int
 ) -> list[list[str]]:
@@ -41,53 +47,25 @@ def select_negatives(
     return picked
 
 
-class EmbedTexts:
-    """A Ray Data actor: one model replica that embeds the ``text`` column (queries carry ``task``).
-
-    A sentence-transformers directory (a BERT-style miner like mE5 or MiniLM: its own pooling, no EOS)
-    encodes through sentence-transformers; a decoder backbone through embedforge's Encoder.
-    """
-
-    def __init__(self, model_spec: str, max_length: int):
-        from embedforge.models import is_sentence_transformers_dir, resolve_backbone
-
-        path = resolve_backbone(model_spec)
-        if is_sentence_transformers_dir(path):
-            from sentence_transformers import SentenceTransformer
-
-            st = SentenceTransformer(path, device="cpu")
-            st.max_seq_length = min(max_length, st.max_seq_length or max_length)
-            self.encode = lambda texts: st.encode(texts, normalize_embeddings=True)
-        else:
-            from embedforge.encoder import Encoder
-            from embedforge.models import load_backbone
-
-            model, tokenizer = load_backbone(path)
-            self.encode = Encoder(model, tokenizer, max_length=max_length).encode
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        texts = [format_query(t, task or None) for t, task in zip(batch["text"], batch["task"], strict=True)]
-        vecs = self.encode(texts)
-        return pd.DataFrame({"pos": batch["pos"], "embedding": list(vecs)})
+def mining_spec(model, mining_model: str | None = None) -> EmbedderSpec:
+    """What mining encodes with: ``train.mining_model`` (null: the backbone itself, without an adapter,
+    since training has not made one yet) with the ``model`` section's pooling, dtype and max length,
+    loaded by ``load_embedder`` like everywhere else, on CPU actors."""
+    return EmbedderSpec.of(model, backbone=mining_model or model.backbone, adapter=None, device="cpu")
 
 
-def _embed(texts: list[str], tasks: list[str], model_spec: str, max_length: int, replicas: int) -> np.ndarray:
-    import ray.data
-
-    items = [{"pos": i, "text": t, "task": task} for i, (t, task) in enumerate(zip(texts, tasks, strict=True))]
-    ds = ray.data.from_items(items).map_batches(
-        EmbedTexts, batch_format="pandas", batch_size=64, concurrency=replicas,
-        fn_constructor_kwargs={"model_spec": model_spec, "max_length": max_length},
-    )
-    out = ds.to_pandas().sort_values("pos")
-    return np.stack(out["embedding"].to_list()).astype(np.float32)
+def _embed(texts: list[str], instructions: list[str], model, replicas: int) -> np.ndarray:
+    # One CPU per actor: mining runs before training, on whatever the cluster has.
+    return encode_on_pool(model, texts, instructions, num_actors=replicas, cpus_per_actor=1.0, batch_size=64)
 
 
 def mine_hard_negatives(
-    rows: pd.DataFrame, model_spec: str, top_k: int = 100, num_negatives: int = 1, seed: int = 0,
-    max_length: int = 512, replicas: int = 1, instructions: bool = True,
+    rows: pd.DataFrame, model, top_k: int = 100, num_negatives: int = 1, seed: int = 0,
+    replicas: int = 1, instructions: bool = True,
 ) -> pd.DataFrame:
     """``rows`` with ``negatives`` filled for the rows that had none; other rows are untouched.
+
+    ``model``: the ``model`` section to embed with (``mining_spec`` makes it from the root config).
 
     Queries are embedded with their row's task instruction, as training will see them; with
     ``instructions=False`` (``model.instructions: false``) without, exactly like documents.
@@ -98,15 +76,15 @@ def mine_hard_negatives(
     if not need:
         return rows
     corpus = sorted({*rows["positive"].tolist(), *(d for n in negs for d in n)})
-    corpus_vecs = _embed(corpus, [""] * len(corpus), model_spec, max_length, replicas)
+    corpus_vecs = _embed(corpus, [""] * len(corpus), model, replicas)
     query_tasks = [(rows["task"][i] or "") if instructions else "" for i in need]
-    query_vecs = _embed([rows["query"][i] for i in need], query_tasks,
-                        model_spec, max_length, replicas)
+    query_vecs = _embed([rows["query"][i] for i in need], query_tasks, model, replicas)
     # A query's positives: every positive paired with the same query text anywhere in the data.
     positives_of: dict[str, set[str]] = {}
     for q, p in zip(rows["query"], rows["positive"], strict=True):
         positives_of.setdefault(q, set()).add(p)
-    ranked = top_k_indices(query_vecs, corpus_vecs, top_k)
+    # Cosine ranking even for a model section with normalize: false.
+    ranked = top_k_indices(unit_rows(query_vecs), unit_rows(corpus_vecs), top_k)
     picked = select_negatives(ranked, corpus, [positives_of[rows["query"][i]] for i in need], num_negatives, seed)
     for i, chosen in zip(need, picked, strict=True):
         negs[i] = chosen
