@@ -168,7 +168,9 @@ def preflight(teacher: TeacherConfig, timeout_s: float = 60.0, server: LocalTeac
         key = teacher.api_key()
     except ValueError as exc:
         raise TeacherError(f"{where}: {exc}") from None
-    client = openai.OpenAI(base_url=teacher.base_url, api_key=key, max_retries=1, timeout=timeout_s)
+    # The teacher's own retries: a 429 or 5xx at the check is what the run would retry too.
+    client = openai.OpenAI(base_url=teacher.base_url, api_key=key, max_retries=max(1, teacher.max_retries),
+                           timeout=timeout_s)
     step = "GET /models"
     try:
         served = [m.id for m in client.models.list().data]
