@@ -170,14 +170,25 @@ def capacity_shortfall(bundles: list[dict[str, float]], nodes: list[dict[str, fl
 
 def _holders(resources: set[str]) -> list[str]:
     """Who holds ``resources`` now: alive actors and placement groups (Ray's state API)."""
-    try:
-        from ray.util.state import list_actors, list_placement_groups
+    import time
 
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000, raise_on_missing_output=False)
-        groups = list_placement_groups(filters=[("state", "=", "CREATED")], detail=True, limit=1000,
-                                       raise_on_missing_output=False)
-    except Exception as exc:  # the state API needs the dashboard; the message still names the shortfall
-        return [f"(could not list holders: {type(exc).__name__}; run `ray status` / `ray list actors`)"]
+    import ray
+    from ray.util.state import list_actors, list_placement_groups
+
+    # This driver's cluster by address: the state API's own lookup refuses when several Ray instances
+    # run on the machine. It is served by the dashboard, which a new instance may still be starting.
+    address = ray.get_runtime_context().gcs_address
+    for attempt in range(10):
+        try:
+            actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000,
+                                 raise_on_missing_output=False)
+            groups = list_placement_groups(address=address, filters=[("state", "=", "CREATED")], detail=True,
+                                           limit=1000, raise_on_missing_output=False)
+            break
+        except Exception as exc:  # the message still names the shortfall without the holders
+            if attempt == 9:
+                return [f"(could not list holders: {type(exc).__name__}; run `ray status` / `ray list actors`)"]
+            time.sleep(2.0)
     out = []
     for actor in actors:
         req = {k: v for k, v in (getattr(actor, "required_resources", None) or {}).items() if k in resources and v}

@@ -72,7 +72,9 @@ class FaultProxy:
             asyncio.set_event_loop(self._loop)
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app)
+            # A stop cancels the requests still in flight (an injected hang lasts longer than the run
+            # that caused it needs it): aiohttp would otherwise wait up to 60 s for them.
+            self._runner = web.AppRunner(app, shutdown_timeout=1.0)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             self._loop.run_until_complete(site.start())
