@@ -76,14 +76,21 @@ def user_started_cluster() -> str | None:
     return address if address in find_gcs_addresses() else None  # a stale file after a crash
 
 
-def describe_cluster_choice() -> str:
-    """Which cluster ``init_ray`` would use now, in words (for ``embedforge doctor``)."""
+def chosen_cluster() -> tuple[str | None, str]:
+    """(address, why) of the cluster the user chose — ``RAY_ADDRESS`` (also what ``ray job submit``
+    gives its driver), else a ``ray start`` cluster on this machine — or (None, why) when none is."""
     if os.environ.get("RAY_ADDRESS"):
-        return f"stages join RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+        return os.environ["RAY_ADDRESS"], f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
     address = user_started_cluster()
     if address:
-        return f"stages join the `ray start` cluster at {address}"
-    return "no `ray start` cluster here: each command starts a private instance"
+        return address, f"the `ray start` cluster at {address}"
+    return None, "no `ray start` cluster here: each command starts a private instance"
+
+
+def describe_cluster_choice() -> str:
+    """Which cluster ``init_ray`` would use now, in words (for ``embedforge doctor``)."""
+    address, why = chosen_cluster()
+    return f"stages join {why}" if address else why
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
@@ -113,7 +120,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         if var in os.environ:
             env_vars.setdefault(var, os.environ[var])
     runtime_env["env_vars"] = env_vars
-    address = address or os.environ.get("RAY_ADDRESS") or user_started_cluster()
+    address = address or chosen_cluster()[0]
     init_kwargs = dict(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=True, **kwargs)
     if address and address != "local":
         ray.init(address=address, **init_kwargs)
