@@ -75,7 +75,7 @@ def recipe(out: Path, steps: int, lr: float, batch: int) -> list[str]:
         f"train.lr={lr}", "train.warmup_steps=5", f"train.max_steps={steps}", "train.epochs=1",
         f"train.checkpoint_every={steps}", "train.gradient_checkpointing=false", "train.mine_negatives=false",
         "train.lora.r=16", "train.lora.alpha=32", "train.lora.dropout=0.1", "train.max_failures=0",
-        "evaluate.tasks=[]", "evaluate.baselines={}", "evaluate.use_instructions=true",
+        "evaluate.tasks=[]", "evaluate.baselines={}",
         f"evaluate.local_tasks=[{{kind: sts, path: {SHARED / 'stsb'}, name: STSBenchmark}}]",
         # 2,758 short sentences: encode in the driver, no Ray Data actors to start.
         "evaluate.shard_threshold=100000", "evaluate.shard_retrieval_corpus=false",
@@ -85,7 +85,7 @@ def recipe(out: Path, steps: int, lr: float, batch: int) -> list[str]:
 
 
 def labeled_datasets():
-    from embedforge.generate.config import LabeledDatasetConfig
+    from embedforge.config.generate import LabeledDatasetConfig
 
     return [
         LabeledDatasetConfig(kind="sts_pairs", name="stsb-train", path=str(SHARED / "stsb" / "train.tsv"),

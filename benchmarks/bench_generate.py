@@ -15,7 +15,7 @@ import asyncio
 import statistics
 import time
 
-from embedforge.generate.config import GenerateConfig, LocalTeacherConfig
+from embedforge.config.generate import GenerateConfig, LocalTeacherConfig
 from embedforge.generate.pipeline import build_dataset
 from embedforge.generate.taxonomy import example_request, language_weights, load_template
 from embedforge.generate.teachers import LocalTeacherServer, call_teacher, make_client

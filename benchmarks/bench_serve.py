@@ -84,7 +84,8 @@ def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
     from ray import serve
 
     from embedforge.ray_utils import init_ray, serve_ingress_env
-    from embedforge.serving.app import build_app, config_from_args
+    from embedforge.config import config_from_args
+    from embedforge.serving.app import build_app
 
     port = free_port()
     cfg = config_from_args({

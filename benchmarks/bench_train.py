@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 import torch  # noqa: E402
 
 from embedforge.models import load_tokenizer, resolve_backbone  # noqa: E402
-from embedforge.train.config import LoraSettings  # noqa: E402
+from embedforge.config.train import LoraSettings  # noqa: E402
 from embedforge.train.gradcache import contrastive_backward  # noqa: E402
 from embedforge.train.model import load_lora_model  # noqa: E402
 

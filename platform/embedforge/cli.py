@@ -11,7 +11,7 @@ import importlib
 import json
 import sys
 
-from embedforge.section import ConfigError
+from embedforge.config.base import ConfigError
 
 STAGES = {
     "generate": ("embedforge.generate.runner", "Write synthetic training data with LLM teachers (Ray Data)."),

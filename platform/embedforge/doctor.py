@@ -406,7 +406,7 @@ def _mem_available_gb() -> float | None:
 
 def run_doctor(config_path: str | None, overrides: list[str], out=sys.stdout) -> int:
     from embedforge.config import load_config
-    from embedforge.section import ConfigError
+    from embedforge.config.base import ConfigError
 
     print(f"embedforge doctor: config {config_path or '(defaults)'} on {sysconfig.get_platform()}", file=out)
     checks: list[Check] = [check_python()]

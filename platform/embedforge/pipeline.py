@@ -14,7 +14,8 @@ import time
 import zlib
 from pathlib import Path
 
-from embedforge.pipeline_config import STAGE_ORDER
+from embedforge.config import with_values
+from embedforge.config.pipeline import STAGE_ORDER
 from embedforge.ray_utils import free_port
 
 # Which config sections each stage's output depends on (besides the stages before it).
@@ -153,20 +154,6 @@ def stage_generate(cfg, run_dir: Path, results: dict, ready=None) -> dict:
     return run(cfg, ready)
 
 
-def _with(cfg, **sections):
-    """A copy of the config with some sections replaced (validated like a loaded config)."""
-    from embedforge.config import EmbedforgeConfig
-
-    data = cfg.model_dump(mode="json")
-    for key, value in sections.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
-    return EmbedforgeConfig.model_validate(data)
-
-
 def stage_train(cfg, run_dir: Path, results: dict) -> dict:
     from embedforge.train.runner import run
 
@@ -174,7 +161,7 @@ def stage_train(cfg, run_dir: Path, results: dict) -> dict:
     split_data = results["split"]["train_data"]
     if split_data not in [s["path"] for s in sources]:
         sources.append({"path": split_data, "ratio": 1.0})
-    return run(_with(cfg, **{"train.data": sources}))
+    return run(with_values(cfg, **{"train.data": sources}))
 
 
 def stage_evaluate(cfg, run_dir: Path, results: dict) -> dict:
@@ -185,12 +172,12 @@ def stage_evaluate(cfg, run_dir: Path, results: dict) -> dict:
     baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
     if cfg.pipeline.compare_with_backbone:
         baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": True})
-    instructions = dict(cfg.evaluate.instructions)
+    instructions = dict(cfg.evaluate.task_instructions)
     # The held-out queries come from many synthetic tasks: one generic retrieval instruction.
     instructions.setdefault("HeldoutRetrieval", "Given a query, retrieve documents that answer or match it")
-    tuned = _with(cfg, **{"model.backbone": results["train"]["merged"], "model.adapter": None,
+    tuned = with_values(cfg, **{"model.backbone": results["train"]["merged"], "model.adapter": None,
                           "evaluate.local_tasks": local, "evaluate.baselines": baselines,
-                          "evaluate.instructions": instructions, "run.name": cfg.run.name})
+                          "evaluate.task_instructions": instructions, "run.name": cfg.run.name})
     return run(tuned)
 
 
@@ -205,7 +192,7 @@ def stage_serve(cfg, run_dir: Path, results: dict) -> dict:
 
     merged = results["train"]["merged"]
     port = free_port()
-    scfg = _with(cfg, **{"model.backbone": merged, "model.adapter": None, "serve.port": port,
+    scfg = with_values(cfg, **{"model.backbone": merged, "model.adapter": None, "serve.port": port,
                          "serve.host": "127.0.0.1"})
     app = build_app(scfg)
     check_replicas_fit(scfg)

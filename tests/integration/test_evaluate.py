@@ -30,7 +30,7 @@ def test_minilm_reproduces_published_stsb_and_banking77(ray_cluster, shared_data
     from embedforge.evaluate.runner import run
 
     cfg = _cfg(
-        tmp_path, "model.backbone=all-minilm-l6-v2", "evaluate.use_instructions=false",
+        tmp_path, "model.backbone=all-minilm-l6-v2", "model.instructions=false",
         f"evaluate.local_tasks=[{{kind: sts, path: {shared_data / 'stsb'}, name: STSBenchmark}},"
         f" {{kind: classification, path: {shared_data / 'banking77'}, name: Banking77Classification}}]",
         f"evaluate.baselines={{all-minilm-l6-v2: {{published: {json.dumps(PUBLISHED_MINILM)}}}}}",
@@ -121,7 +121,7 @@ import json, sys
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
 texts = json.load(open(sys.argv[1]))
-model = EmbedforgeModel(ModelSpec("all-minilm-l6-v2"), "test/minilm", use_instructions=False,
+model = EmbedforgeModel(ModelSpec("all-minilm-l6-v2"), "test/minilm", instructions=False,
                         cache_dir=sys.argv[2], shard=ShardSettings(batch_size=16, num_actors=1))
 vecs = model.encode_texts(texts, None, force_shard=True)
 import numpy as np
@@ -176,7 +176,7 @@ def test_minilm_reproduces_published_scifact(ray_cluster, shared_data, tmp_path)
     """~15 min on 2 cores: the whole SciFact corpus through Ray actors."""
     from embedforge.evaluate.runner import run
 
-    cfg = _cfg(tmp_path, "model.backbone=all-minilm-l6-v2", "evaluate.use_instructions=false",
+    cfg = _cfg(tmp_path, "model.backbone=all-minilm-l6-v2", "model.instructions=false",
                f"evaluate.local_tasks=[{{kind: beir, path: {shared_data / 'scifact'}, name: SciFact}}]")
     scores = run(cfg)["scores"]["evalrun"]
     assert abs(scores["SciFact"] - 0.6451) <= 0.005, scores

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from embedforge.generate.config import LocalTeacherConfig, TeacherConfig
+from embedforge.config.generate import LocalTeacherConfig, TeacherConfig
 from embedforge.generate.fault_proxy import FaultProxy
 from embedforge.generate.taxonomy import example_request, language_weights, load_template, split_counts
 from embedforge.generate.teachers import (

@@ -41,7 +41,8 @@ def _http(method: str, url: str, body: dict | None = None, key: str | None = Non
 def endpoint(ray_cluster, minilm_dir):
     from ray import serve
 
-    from embedforge.serving.app import build_app, config_from_args
+    from embedforge.config import config_from_args
+    from embedforge.serving.app import build_app
 
     port = free_port()
     os.environ[KEY_ENV] = KEY

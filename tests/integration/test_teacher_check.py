@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from embedforge.generate.config import GenerateConfig
+from embedforge.config.generate import GenerateConfig
 from embedforge.generate.runner import ready_teachers
 from embedforge.generate.teachers import LocalTeacherDied
 from embedforge.ray_utils import free_port

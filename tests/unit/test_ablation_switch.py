@@ -82,11 +82,12 @@ def test_evaluation_uses_instructions_only_when_the_model_has_them(tmp_path, tin
     baselines = f"evaluate.baselines={{b: {{model: {d}, instructions: true}}}}"
     on = load_config(None, [f"model.backbone={d}", baselines])
     off = load_config(None, [f"model.backbone={d}", "model.instructions=false", baselines])
-    eval_off = load_config(None, [f"model.backbone={d}", "evaluate.use_instructions=false", baselines])
     assert [u for _, _, u in models_to_run(on)] == [True, True]
     # The switch follows the evaluated model; a baseline is another model and keeps its own setting.
     assert [u for _, _, u in models_to_run(off)] == [False, True]
-    assert [u for _, _, u in models_to_run(eval_off)] == [False, True]
+    # One switch per meaning: evaluation has no second on/off key (the old one is an unknown key now).
+    with pytest.raises(ConfigError, match="unknown key 'evaluate.use_instructions'"):
+        load_config(None, ["evaluate.use_instructions=false"])
 
 
 def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokenizer):
@@ -105,7 +106,7 @@ def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokeniz
     meta = mteb.get_task("STSBenchmark").metadata
     vecs = {}
     for use in (True, False):
-        model = EmbedforgeModel(spec, "test/tiny", use_instructions=use, cache_dir="",
+        model = EmbedforgeModel(spec, "test/tiny", instructions=use, cache_dir="",
                                 shard=ShardSettings(retrieval_corpus=False))
         vecs[use] = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                                  hf_subset="default", prompt_type="query")

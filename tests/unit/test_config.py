@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from embedforge.config import EmbedforgeConfig, load_config
-from embedforge.section import ConfigError
+from embedforge.config.base import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -91,3 +91,46 @@ def test_malformed_override():
         load_config(None, ["model.pooling"])
     with pytest.raises(ConfigError, match="not a section"):
         load_config(None, ["model.pooling=mean", "model.pooling.x=1"])
+
+
+def test_training_lengths_default_to_and_never_exceed_model_max_length():
+    cfg = load_config(None, ["model.max_length=96"])
+    assert (cfg.train.query_max_length, cfg.train.passage_max_length) == (96, 96)
+    shorter = load_config(None, ["model.max_length=96", "train.query_max_length=32"])
+    assert (shorter.train.query_max_length, shorter.train.passage_max_length) == (32, 96)
+    with pytest.raises(ConfigError, match=r"train.passage_max_length \(128\) must be <= model.max_length \(96\)"):
+        load_config(None, ["model.max_length=96", "train.passage_max_length=128"])
+
+
+def test_a_single_input_must_fit_a_serving_batch():
+    with pytest.raises(ConfigError, match=r"serve.max_batch_tokens \(100\) must be >= model.max_length \(512\)"):
+        load_config(None, ["model.max_length=512", "serve.max_batch_tokens=100"])
+
+
+def _imports(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+
+
+def test_nothing_below_the_config_root_imports_it(repo_root):
+    """Stage code reads the submodules (base, shared, its own section); only the drivers that assemble a
+    whole run (the CLI, the pipeline, the doctor, the Serve import path) read the root; the config
+    package itself imports no stage code."""
+    package = repo_root / "platform" / "embedforge"
+    drivers = {"cli.py", "pipeline.py", "doctor.py", "deploy.py"}
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        for module, names in _imports(path):
+            if rel.startswith("config/"):
+                if module.startswith("embedforge") and not module.startswith(("embedforge.config.", "embedforge.schema")):
+                    offenders.append(f"{rel} imports {module}")
+            elif rel not in drivers and (module == "embedforge.config" or (module == "embedforge" and "config" in names)):
+                offenders.append(f"{rel} imports the config root")
+    assert offenders == []

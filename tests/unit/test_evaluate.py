@@ -12,11 +12,11 @@ import pytest
 from embedforge.config import load_config
 from embedforge.encode_pool import join_by_id, length_sorted_rows
 from embedforge.evaluate.cache import EmbeddingCache, model_fingerprint, namespace_key, text_hash
-from embedforge.evaluate.config import EvaluateConfig, LocalTaskConfig
+from embedforge.config.evaluate import EvaluateConfig, LocalTaskConfig
 from embedforge.evaluate.summary import summary_table, to_markdown, write_summary
 from embedforge.evaluate.tasks import TaskDataError, local_task, read_beir, read_classification, read_sts
 from embedforge.evaluate.wrapper import task_instruction
-from embedforge.section import ConfigError
+from embedforge.config.base import ConfigError
 
 
 def write_beir(folder: Path, docs=None, queries=None, qrels=None, split="test") -> Path:

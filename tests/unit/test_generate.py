@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from embedforge.generate.config import GenerateConfig, TeacherConfig
+from embedforge.config.generate import GenerateConfig, TeacherConfig
 from embedforge.generate.pipeline import parse_outcome
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
 from embedforge.generate.taxonomy import (
@@ -354,7 +354,7 @@ def test_reject_rate_stops_a_failing_teacher(tmp_path):
 def test_labeled_loaders(shared_data, tmp_path):
     import pyarrow.parquet as pq
 
-    from embedforge.generate.config import LabeledDatasetConfig
+    from embedforge.config.generate import LabeledDatasetConfig
     from embedforge.generate.labeled import load_labeled, write_labeled
     from embedforge.schema import arrow_schema
 

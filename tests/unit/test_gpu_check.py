@@ -36,7 +36,7 @@ def test_mistral_shape_has_mistral_7b_parameter_count(meta_mistral):
 
 
 def test_lora_on_the_mistral_shape_has_the_papers_42m_parameters(meta_mistral):
-    from embedforge.train.config import LoraSettings
+    from embedforge.config.train import LoraSettings
     from embedforge.train.model import add_lora
 
     # A copy: add_lora wraps the module in place, and the fixture is shared.

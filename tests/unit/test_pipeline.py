@@ -46,7 +46,7 @@ def test_heldout_beir_folder_reads_back_with_the_evaluation_readers(tmp_path):
 
 def test_fingerprints_chain_downstream_only():
     base = stage_fingerprints(load_config())
-    changed = stage_fingerprints(load_config(None, ["evaluate.use_instructions=false"]))
+    changed = stage_fingerprints(load_config(None, ["evaluate.task_instructions={STSBenchmark: Retrieve similar sentences}"]))
     assert changed["generate"] == base["generate"] and changed["train"] == base["train"]
     assert changed["evaluate"] != base["evaluate"] and changed["report"] != base["report"]
     upstream = stage_fingerprints(load_config(None, ["train.lr=0.001"]))
@@ -64,7 +64,7 @@ def test_markers_need_matching_fingerprint(tmp_path):
 
 
 def test_pipeline_stage_names_validated():
-    from embedforge.section import ConfigError
+    from embedforge.config.base import ConfigError
 
     with pytest.raises(ConfigError, match="pipeline.stages"):
         load_config(None, ["pipeline.stages=[generate, deploy]"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from embedforge.generate.config import LabeledDatasetConfig
+from embedforge.config.generate import LabeledDatasetConfig
 from embedforge.generate.labeled import load_labeled
 
 SEED = Path(__file__).resolve().parents[2] / "configs" / "data" / "tiny_sts_pairs.tsv"

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from embedforge.config import ConfigError, load_config
 from embedforge.encoder import Encoder
-from embedforge.serving.app import config_from_args, deployment_options
+from embedforge.config import config_from_args
+from embedforge.serving.app import deployment_options
 from embedforge.serving.auth import bearer_token, digest, key_is_valid, load_key_digests
 from embedforge.serving.batching import forward_groups, padded_tokens, split_for_budget
-from embedforge.serving.config import ServeConfig
+from embedforge.config.serve import ServeConfig
 from embedforge.serving.protocol import (
     APIError,
     check_dimensions,

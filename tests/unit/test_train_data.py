@@ -14,7 +14,7 @@ from embedforge.train.batching import (
     tokenize_rows,
     worker_slice,
 )
-from embedforge.train.config import TrainConfig
+from embedforge.config.train import TrainConfig
 from embedforge.train.ds_config import deepspeed_config, lr_at
 
 

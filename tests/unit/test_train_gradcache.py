@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedforge.testing import tiny_model
-from embedforge.train.config import LoraSettings
+from embedforge.config.train import LoraSettings
 from embedforge.train.gradcache import RandContext, chunks_of, contrastive_backward
 from embedforge.train.model import add_lora
 

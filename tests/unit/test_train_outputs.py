@@ -12,7 +12,7 @@ import torch
 from embedforge.encoder import Encoder
 from embedforge.models import load_backbone
 from embedforge.testing import tiny_model, tiny_tokenizer
-from embedforge.train.config import LoraSettings
+from embedforge.config.train import LoraSettings
 from embedforge.train.model import (
     add_lora,
     check_target_modules,

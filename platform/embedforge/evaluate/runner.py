@@ -17,7 +17,7 @@ from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
 from embedforge.evaluate.tasks import local_task, named_task
 from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
-from embedforge.section import ConfigError
+from embedforge.config.base import ConfigError
 
 
 def build_tasks(ecfg) -> list:
@@ -38,15 +38,14 @@ def _paths(cfg) -> tuple[Path, str | None]:
 
 
 def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
-    """(label, spec, use_instructions): the configured model first, then baselines that name a model.
+    """(label, spec, instructions): the configured model first, then baselines that name a model.
 
-    The configured model gets instructions only when it was trained with them (``model.instructions``)
-    and ``evaluate.use_instructions`` does not turn them off; baselines follow their own setting.
+    The configured model gets instructions when it takes them (``model.instructions``, as it was
+    trained); each baseline follows its own ``instructions``.
     """
     ecfg = cfg.evaluate
-    use = ecfg.use_instructions and cfg.model.instructions
     dtype = ecfg.dtype or cfg.model.dtype
-    runs = [(cfg.run.name, ModelSpec.of(cfg.model, dtype=dtype), use)]
+    runs = [(cfg.run.name, ModelSpec.of(cfg.model, dtype=dtype), cfg.model.instructions)]
     for name, b in ecfg.baselines.items():
         if b.model is not None:  # the baseline's weights, encoded with the model section's settings
             runs.append((name, ModelSpec.of(cfg.model, backbone=b.model, adapter=None, dtype=dtype), b.instructions))
@@ -71,7 +70,7 @@ def run(cfg) -> dict:
     stats: dict[str, dict] = {}
     try:
         for label, spec, use_instr in runs:
-            model = EmbedforgeModel(spec, label, use_instructions=use_instr, instruction_overrides=ecfg.instructions,
+            model = EmbedforgeModel(spec, label, instructions=use_instr, task_instructions=ecfg.task_instructions,
                                     cache_dir=cache_dir, shard=shard)
             main_scores[label] = {}
             t0 = time.time()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedforge.embedders import EmbedderSpec, resolve
-from embedforge.section import ConfigError
+from embedforge.config.base import ConfigError
 
 
 class ModelPathError(ConfigError):
@@ -19,7 +19,7 @@ class ModelPathError(ConfigError):
 class ModelSpec(EmbedderSpec):
     def resolved_path(self) -> str:
         """The model directory (or hub id); a path that does not exist is an error naming it."""
-        from embedforge.config import looks_like_path
+        from embedforge.config.shared import looks_like_path
         from embedforge.models import resolve_backbone
 
         spec = self.backbone

@@ -12,8 +12,8 @@ import csv
 import json
 from pathlib import Path
 
-from embedforge.evaluate.config import LocalTaskConfig
-from embedforge.section import ConfigError
+from embedforge.config.evaluate import LocalTaskConfig
+from embedforge.config.base import ConfigError
 
 KIND_TO_TYPE = {"beir": "Retrieval", "sts": "STS", "classification": "Classification"}
 

@@ -66,20 +66,20 @@ def _build_meta(name: str, max_length: int, fingerprint: str, dim: int, use_inst
 class EmbedforgeModel(AbsEncoder):
     """mteb encoder over a ``ModelSpec``; ``stats`` counts what was encoded vs. served from cache."""
 
-    def __init__(self, spec: ModelSpec, name: str = "embedforge/model", *, use_instructions: bool = True,
-                 instruction_overrides: dict[str, str] | None = None, cache_dir: str | None = None,
+    def __init__(self, spec: ModelSpec, name: str = "embedforge/model", *, instructions: bool = True,
+                 task_instructions: dict[str, str] | None = None, cache_dir: str | None = None,
                  shard: ShardSettings | None = None):
         self.spec = spec
         self.fingerprint = spec.fingerprint()  # also validates the paths, before any loading
         self.embedder = load_embedder(spec)
         self.model = self.embedder
-        self.use_instructions = use_instructions
-        self.overrides = dict(instruction_overrides or {})
+        self.instructions = instructions
+        self.task_instructions = dict(task_instructions or {})
         self.cache_dir = cache_dir
         self.shard = shard or ShardSettings()
         self.stats = EncodeStats()
         self.mteb_model_meta = _build_meta(name, self.embedder.max_length, self.fingerprint, self.embedder.dim,
-                                           use_instructions)
+                                           instructions)
         self._caches: dict[str | None, EmbeddingCache] = {}
 
     # -- protocol -------------------------------------------------------------------------------
@@ -88,8 +88,8 @@ class EmbedforgeModel(AbsEncoder):
         for batch in inputs:
             texts.extend(str(t) for t in batch["text"])
         side = getattr(prompt_type, "value", prompt_type)
-        instruction = (task_instruction(task_metadata.name, task_metadata.type, side, self.overrides)
-                       if self.use_instructions else None)
+        instruction = (task_instruction(task_metadata.name, task_metadata.type, side, self.task_instructions)
+                       if self.instructions else None)
         large = (self.shard.retrieval_corpus and task_metadata.type in ASYMMETRIC_TYPES and side == "document")
         return self.encode_texts(texts, instruction, force_shard=large)
 

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from embedforge.generate.config import LabeledDatasetConfig
+from embedforge.config.generate import LabeledDatasetConfig
 from embedforge.schema import TrainingRow, arrow_schema
 
 KIND_TO_GROUP = {"beir": "retrieval", "sts_pairs": "sts_pairs", "pair_classification": "pair_classification",

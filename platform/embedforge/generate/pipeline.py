@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from embedforge.generate.config import TeacherConfig
+from embedforge.config.generate import TeacherConfig
 from embedforge.generate.taxonomy import load_template
 from embedforge.generate.teachers import call_teacher, make_client
 from embedforge.generate.validation import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from embedforge.generate.config import TeacherConfig
+from embedforge.config.generate import TeacherConfig
 
 
 def apply_ray_llm(ds, teacher: TeacherConfig, batch_size: int = 32):

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-from embedforge.generate.config import GenerateConfig, TeacherConfig
+from embedforge.config.generate import GenerateConfig, TeacherConfig
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
 from embedforge.generate.taxonomy import (
     BRAINSTORM_SCHEMA,
@@ -30,7 +30,7 @@ from embedforge.generate.taxonomy import (
 )
 from embedforge.generate.teachers import LocalTeacherServer, TeacherError, limits_actor, preflight
 from embedforge.generate.validation import Deduper, dedupe_keys
-from embedforge.section import ConfigError
+from embedforge.config.base import ConfigError
 
 
 class Committer:

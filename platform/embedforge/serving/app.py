@@ -1,9 +1,9 @@
-"""The Ray Serve application: a FastAPI-ingress deployment built by ``build_app(args)``.
+"""The Ray Serve application: a FastAPI-ingress deployment built by ``build_app(cfg)``.
 
-``serve run serve/config.yaml`` / ``serve deploy`` call ``build_app`` with the YAML's ``args``;
-``embedforge serve`` (``runner.run``) calls it with the loaded config. ``args`` may be an
-``EmbedforgeConfig`` or a dict with an optional ``config`` (YAML path), ``overrides`` (``a.b=c``
-strings) and inline sections (``model:``, ``serve:``) merged on top.
+``embedforge serve`` (``runner.run``) and the pipeline's smoke test call it with the loaded root config;
+``serve run serve/config.yaml`` / ``serve deploy`` go through ``embedforge.deploy.build_app``, which
+turns the YAML's ``args`` into that config first. Only the ``model`` and ``serve`` sections (and
+``run.resource_check``) are read here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
-
 from ray import serve
 from ray.serve import Application
 
@@ -20,47 +18,6 @@ from embedforge.serving.batching import padded_tokens
 from embedforge.serving.service import create_app, encode_chunks
 
 log = logging.getLogger(__name__)
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def config_from_args(args: Any = None):
-    """An ``EmbedforgeConfig`` from a config object or the ``args`` dict of a Serve config file."""
-    from pydantic import ValidationError
-
-    from embedforge.config import ConfigError, EmbedforgeConfig, format_validation_error, load_config
-
-    if isinstance(args, EmbedforgeConfig):
-        cfg = args
-    else:
-        args = dict(args or {})
-        path = args.pop("config", None)
-        overrides = args.pop("overrides", None) or []
-        if not isinstance(overrides, list):
-            raise ConfigError("serve app args: 'overrides' must be a list of 'a.b=c' strings")
-        base = load_config(path, overrides)
-        try:
-            cfg = EmbedforgeConfig.model_validate(_deep_merge(base.model_dump(mode="json"), args))
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, EmbedforgeConfig, "serve app args")) from None
-    check_serving_config(cfg)
-    return cfg
-
-
-def check_serving_config(cfg) -> None:
-    from embedforge.config import ConfigError
-
-    if cfg.serve.max_batch_tokens < cfg.model.max_length:
-        raise ConfigError(f"serve.max_batch_tokens ({cfg.serve.max_batch_tokens}) must be >= model.max_length "
-                          f"({cfg.model.max_length}) so that any single input fits in a batch")
 
 
 def usable_cpus() -> int:
@@ -73,7 +30,7 @@ def usable_cpus() -> int:
 
 def default_model_name(backbone: str) -> str:
     """An alias stays as it is; a path becomes its last component (``runs/x/merged`` -> ``merged``)."""
-    from embedforge.config import MODEL_ALIASES
+    from embedforge.config.shared import MODEL_ALIASES
 
     if backbone in MODEL_ALIASES:
         return backbone
@@ -89,28 +46,30 @@ def served_model_name(cfg) -> str:
 class EmbeddingDeployment:
     """One replica: the model, the batch queue, the FastAPI app (built late, around this replica's state)."""
 
-    def __init__(self, config: dict, key_digests: list[str]):
+    def __init__(self, model: dict, serve_settings: dict, key_digests: list[str]):
         import torch
 
-        from embedforge.config import EmbedforgeConfig
+        from embedforge.config.serve import ServeConfig
+        from embedforge.config.shared import ModelConfig
         from embedforge.embedders import load_embedder
         from embedforge.serving.metrics import RayMetrics
         from embedforge.serving.service import EmbeddingService
 
-        cfg = EmbedforgeConfig.model_validate(config)
+        # A replica gets the two sections it reads, not the root config (which stays with the driver).
+        model_cfg, serve_cfg = ModelConfig.model_validate(model), ServeConfig.model_validate(serve_settings)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (a scheduling hint, often fractional or 1), so
         # torch would use one core; the model should use the cores this process may really run on.
-        torch.set_num_threads(cfg.serve.torch_threads or usable_cpus())
-        self.cfg = cfg
-        self.encoder = load_embedder(cfg.model)
-        self.batch_tokens = min(cfg.model.batch_tokens, cfg.serve.max_batch_tokens)
-        name = served_model_name(cfg)
+        torch.set_num_threads(serve_cfg.torch_threads or usable_cpus())
+        self.serve_cfg = serve_cfg
+        self.encoder = load_embedder(model_cfg)
+        self.batch_tokens = min(model_cfg.batch_tokens, serve_cfg.max_batch_tokens)
+        name = serve_cfg.model_name or default_model_name(model_cfg.backbone)
         self.metrics = RayMetrics(name)
-        self._encode_batch.set_max_batch_size(cfg.serve.max_batch_tokens)
-        self._encode_batch.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
-        self.service = EmbeddingService(self.encoder, name, cfg.serve, key_digests,
+        self._encode_batch.set_max_batch_size(serve_cfg.max_batch_tokens)
+        self._encode_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+        self.service = EmbeddingService(self.encoder, name, serve_cfg, key_digests,
                                         encode_chunk=self._encode_batch, metrics=self.metrics,
-                                        instructions=cfg.model.instructions)
+                                        instructions=model_cfg.instructions)
         log.info("serving %s (dim %d, max_length %d, auth %s)", name, self.encoder.dim, self.encoder.max_length,
                  "on" if key_digests else "off")
 
@@ -124,16 +83,16 @@ class EmbeddingDeployment:
         self.metrics.record_batch(sum(len(c) for c in chunks), padded_tokens(chunks))
         # The forward pass runs in a thread so the replica keeps accepting requests (and the next batch fills).
         return await asyncio.to_thread(encode_chunks, self.encoder, chunks, self.batch_tokens,
-                                       self.cfg.serve.forward_overhead_tokens)
+                                       self.serve_cfg.forward_overhead_tokens)
 
     async def check_health(self) -> None:
-        await self.service.check_health(timeout_s=self.cfg.serve.health_check_timeout_s)
+        await self.service.check_health(timeout_s=self.serve_cfg.health_check_timeout_s)
 
     def stats(self) -> dict:
         """This replica's counters (through a deployment handle; Prometheus has the same series)."""
         import torch
 
-        return {**self.metrics.snapshot(), "max_batch_tokens": self.cfg.serve.max_batch_tokens, "pid": os.getpid(),
+        return {**self.metrics.snapshot(), "max_batch_tokens": self.serve_cfg.max_batch_tokens, "pid": os.getpid(),
                 "torch_threads": torch.get_num_threads()}
 
 
@@ -177,11 +136,10 @@ def deployment_options(serve_cfg) -> dict:
     }
 
 
-def build_app(args: Any = None) -> Application:
-    """The Serve application for a config (or a Serve config file's ``args``); API keys read here."""
+def build_app(cfg) -> Application:
+    """The Serve application for a root config (its ``model`` and ``serve`` sections); API keys read here."""
     from embedforge.serving.auth import load_key_digests
 
-    cfg = config_from_args(args)
     digests = load_key_digests(cfg.serve.api_key_env, cfg.serve.api_key_file)
     deployment = EmbeddingDeployment.options(**deployment_options(cfg.serve))
-    return deployment.bind(cfg.model_dump(mode="json"), digests)
+    return deployment.bind(cfg.model.model_dump(mode="json"), cfg.serve.model_dump(mode="json"), digests)

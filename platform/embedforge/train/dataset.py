@@ -20,7 +20,7 @@ from embedforge.train.batching import (
     row_problem,
     tokenize_rows,
 )
-from embedforge.train.config import TrainConfig
+from embedforge.config.train import TrainConfig
 
 
 class DataError(ValueError):

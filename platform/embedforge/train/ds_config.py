@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from embedforge.train.config import TrainConfig
+from embedforge.config.train import TrainConfig
 
 
 def deepspeed_config(train: TrainConfig) -> dict:

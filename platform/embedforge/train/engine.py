@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from embedforge.train.config import TrainConfig
+from embedforge.config.train import TrainConfig
 from embedforge.train.ds_config import deepspeed_config, lr_schedule
 from embedforge.train.gradcache import DeepSpeedBackward, contrastive_backward
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from embedforge.train.batching import count_tokens, worker_slice
-from embedforge.train.config import TrainConfig
+from embedforge.config.train import TrainConfig
 
 CHECKPOINT_TAG = "state"
 PROGRESS_FILE = "progress.json"

@@ -17,7 +17,7 @@ import torch
 
 from embedforge.models import DTYPES, load_tokenizer
 from embedforge.prompts import QUERY_TEMPLATE
-from embedforge.train.config import LoraSettings
+from embedforge.config.train import LoraSettings
 
 
 def linear_module_names(model) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from embedforge.train.config import TrainConfig
+from embedforge.config.train import TrainConfig
 
 
 def validate_before_training(cfg) -> str:

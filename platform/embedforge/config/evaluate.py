@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from embedforge.section import Section
+from embedforge.config.base import Section
 
 LOCAL_TASK_KINDS = ("beir", "sts", "classification")
 
@@ -49,7 +49,8 @@ class BaselineConfig(Section):
 
     # A backbone spec (alias, directory, hub id); None = published scores only.
     model: str | None = None
-    # Sentence-transformers baselines are evaluated as published: without instructions.
+    # Whether its queries get task instructions (the meaning model.instructions has for the model);
+    # sentence-transformers baselines are evaluated as published: without.
     instructions: bool = False
     published: dict[str, float] = Field(default_factory=dict)
 
@@ -65,10 +66,9 @@ class EvaluateConfig(Section):
     tasks: list[str] = Field(default_factory=list)
     # ... and local folder tasks (offline).
     local_tasks: list[LocalTaskConfig] = Field(default_factory=list)
-    # {task name: instruction}; wins over the paper's table (resources/instructions.yaml).
-    instructions: dict[str, str] = Field(default_factory=dict)
-    # Whether the evaluated model gets instructions at all (False: plain texts on both sides).
-    use_instructions: bool = True
+    # {task name: instruction text}; wins over the paper's table (resources/instructions.yaml). Whether
+    # the model takes instructions at all is model.instructions (a baseline's: its own `instructions`).
+    task_instructions: dict[str, str] = Field(default_factory=dict)
     baselines: dict[str, BaselineConfig] = Field(default_factory=dict)
     # Encoding precision of every model evaluated (the tuned one and the baselines); null: model.dtype.
     # bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX (measured on this

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from embedforge.section import Section
+from embedforge.config.base import Section
 
 STAGE_ORDER = ("generate", "split", "train", "evaluate", "serve", "report")
 

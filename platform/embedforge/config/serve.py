@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from embedforge.section import Section
+from embedforge.config.base import Section
 
 
 class AutoscalingConfig(Section):
