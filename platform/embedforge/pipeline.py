@@ -70,80 +70,10 @@ class Markers:
         tmp.replace(self._path(stage))
 
 
-# ---------------------------------------------------------------- split: held-out retrieval task
+def stage_split(cfg, run_dir: Path, results: dict):
+    from embedforge.split import run_split
 
-def is_heldout(row_id: str, fraction: float) -> bool:
-    """Stable per row id (crc32), so reruns and resumed runs hold out the same rows."""
-    return (zlib.crc32(row_id.encode()) % 10_000) < fraction * 10_000
-
-
-def split_rows(rows: list[dict], fraction: float, groups: list[str], min_queries: int) -> tuple[list[dict], list[dict]]:
-    """(train rows, held-out rows); at least ``min_queries`` eligible rows are held out when possible."""
-    eligible = [r for r in rows if r["group"] in groups]
-    held_ids = {r["id"] for r in eligible if is_heldout(r["id"], fraction)}
-    if len(held_ids) < min_queries:
-        extra = sorted((r for r in eligible if r["id"] not in held_ids), key=lambda r: zlib.crc32(r["id"].encode()))
-        held_ids |= {r["id"] for r in extra[: min_queries - len(held_ids)]}
-    if len(held_ids) >= len(eligible) and eligible:
-        raise ValueError(
-            f"pipeline: only {len(eligible)} rows of groups {groups} were generated; holding out "
-            f"{len(held_ids)} would leave none to train on (raise generate.num_rows)"
-        )
-    train = [r for r in rows if r["id"] not in held_ids]
-    held = [r for r in rows if r["id"] in held_ids]
-    return train, held
-
-
-def write_beir(held: list[dict], folder: Path) -> dict:
-    """A BEIR folder: each held-out query's positive is relevant; all positives and negatives form the corpus."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "qrels").mkdir(exist_ok=True)
-    corpus: dict[str, str] = {}
-
-    def doc_id(text: str) -> str:
-        did = "d" + hashlib.sha1(text.encode()).hexdigest()[:12]
-        corpus[did] = text
-        return did
-
-    queries, qrels = [], []
-    for r in held:
-        qrels.append((r["id"], doc_id(r["positive"])))
-        for neg in r.get("negatives") or []:
-            if neg.strip():
-                doc_id(neg)
-        queries.append({"_id": r["id"], "text": r["query"]})
-    with open(folder / "corpus.jsonl", "w") as fh:
-        for did, text in corpus.items():
-            fh.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
-    with open(folder / "queries.jsonl", "w") as fh:
-        for q in queries:
-            fh.write(json.dumps(q) + "\n")
-    with open(folder / "qrels" / "test.tsv", "w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for qid, did in qrels:
-            fh.write(f"{qid}\t{did}\t1\n")
-    return {"queries": len(queries), "corpus": len(corpus)}
-
-
-def stage_split(cfg, run_dir: Path, results: dict) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from embedforge.schema import arrow_schema
-
-    files = sorted((run_dir / "data").glob("*.parquet"))
-    if not files:
-        raise ValueError(f"pipeline: no generated data under {run_dir / 'data'} (run the generate stage)")
-    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
-    p = cfg.pipeline
-    train_rows, held = split_rows(rows, p.heldout_fraction, p.heldout_groups, p.heldout_min_queries)
-    out = run_dir / "pipeline"
-    train_dir = out / "train_data"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(train_rows, schema=arrow_schema()), train_dir / "rows.parquet")
-    beir = write_beir(held, out / "heldout")
-    return {"train_rows": len(train_rows), "heldout": beir, "train_data": str(train_dir),
-            "heldout_dir": str(out / "heldout")}
+    return run_split(cfg.pipeline, run_dir / "data", run_dir / "pipeline")
 
 
 # ---------------------------------------------------------------- the stages
