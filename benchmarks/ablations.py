@@ -107,16 +107,16 @@ def write_data(out: Path) -> dict[str, int]:
     return counts
 
 
-def stsb_score(result: dict) -> float:
-    scores = next(iter(result["scores"].values()))
+def stsb_score(result) -> float:
+    scores = next(iter(result.scores.values()))
     return float(scores["STSBenchmark"])
 
 
 def run_variant(name: str, out: Path, steps: int, lr: float, batch: int) -> dict:
     """Train (unless it is an untrained-backbone row) and evaluate one variant, in this process."""
     from embedforge.config import load_config
-    from embedforge.evaluate.runner import run as evaluate
-    from embedforge.train.runner import run as train
+    from embedforge.evaluate.runner import evaluate_model
+    from embedforge.train.runner import train_model
 
     overrides = recipe(out, steps, lr, batch) + [f"run.name={name}"] + VARIANTS[name]
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
@@ -130,7 +130,7 @@ def run_variant(name: str, out: Path, steps: int, lr: float, batch: int) -> dict
             record["train_seconds"] = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
         else:
             t0 = time.time()
-            summary = train(cfg)
+            summary = train_model(cfg).model_dump()
             record["train_seconds"] = round(time.time() - t0, 1)
             (done.parent / "wall.json").write_text(json.dumps({"seconds": record["train_seconds"]}))
         record["train_steps"] = summary["total_steps"]
@@ -140,7 +140,7 @@ def run_variant(name: str, out: Path, steps: int, lr: float, batch: int) -> dict
     else:
         record["train_steps"], record["train_seconds"] = 0, 0.0
     t0 = time.time()
-    result = evaluate(cfg)
+    result = evaluate_model(cfg)
     record["eval_seconds"] = round(time.time() - t0, 1)
     record["stsb_spearman"] = stsb_score(result)
     return record

@@ -1,7 +1,7 @@
 """Encoding throughput of the evaluation's Ray Data path vs. sentence-transformers' own ``encode``.
 
 Same model, same texts, one run: sentence-transformers ``encode`` in this process (the baseline),
-then ``embedforge.evaluate.sharded.encode_sharded`` with 1 actor (goal: ratio >= 0.9) and with 2
+then ``embedforge.encode_pool.encode_on_pool`` with 1 actor (goal: ratio >= 0.9) and with 2
 actors. Repeats are interleaved (CPU contention hits all variants alike) and medians are quoted.
 Ray times are end to end (actor start and model load included); "steady" excludes everything before
 the first batch came back.
@@ -27,8 +27,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 
 def load_texts(path: Path, n: int) -> list[str]:
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
-        return [(r.get("title", "") + " " + r["text"]).strip() for r in rows]
+        from embedforge.formats import document_text, read_jsonl_texts
+
+        docs = list(read_jsonl_texts(path, "document").values())[:n]
+        return [document_text(d) for d in docs]
     # Without the shared data: deterministic texts of varied length.
     words = "the model encodes every sentence into a vector that captures its meaning".split()
     return [" ".join(words[(i + j) % len(words)] for j in range(5 + (i * 37) % 200)) for i in range(n)]
@@ -50,7 +52,7 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from embedforge.embedders import EmbedderSpec
-    from embedforge.evaluate.sharded import encode_sharded
+    from embedforge.encode_pool import encode_on_pool
     from embedforge.models import resolve_backbone
     from embedforge.ray_utils import init_ray
 
@@ -77,7 +79,7 @@ def main() -> int:
                     done[0] = len(ids)
 
             t0 = time.perf_counter()
-            vecs = encode_sharded(spec, texts, None, num_actors=k, batch_size=args.ray_batch_size, on_batch=on_batch)
+            vecs = encode_on_pool(spec, texts, None, num_actors=k, batch_size=args.ray_batch_size, on_batch=on_batch)
             t1 = time.perf_counter()
             name = f"ray data, {k} actor{'s' if k > 1 else ''}"
             times.setdefault(name, []).append(t1 - t0)

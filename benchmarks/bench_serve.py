@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from embedforge.ray_utils import free_port
-from embedforge.serving.loadgen import run_load, stsb_batches
+from embedforge.testing.loadgen import run_load, stsb_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,8 +83,8 @@ def load(url: str, batches, concurrency: int, max_requests: int) -> dict:
 def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
     from ray import serve
 
-    from embedforge.ray_utils import init_ray, serve_ingress_env
     from embedforge.config import config_from_args
+    from embedforge.ray_utils import init_ray, serve_ingress_env
     from embedforge.serving.app import build_app
 
     port = free_port()

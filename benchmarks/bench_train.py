@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 import torch  # noqa: E402
 
-from embedforge.models import load_tokenizer, resolve_backbone  # noqa: E402
 from embedforge.config.train import LoraSettings  # noqa: E402
+from embedforge.models import load_tokenizer, resolve_backbone  # noqa: E402
 from embedforge.train.gradcache import contrastive_backward  # noqa: E402
 from embedforge.train.model import load_lora_model  # noqa: E402
 
@@ -159,7 +159,7 @@ def plain_loop_tokens_per_s(path: str, batch: int, length: int, steps: int) -> f
 
 def ray_tokens_per_s(workers: int, batch: int, length: int, steps: int, data_dir: Path, out: Path) -> dict:
     from embedforge.config import load_config
-    from embedforge.train.runner import run
+    from embedforge.train.runner import train_model
 
     cfg = load_config(None, [
         f"run.output_dir={out}", f"run.name=bench{workers}", "model.backbone=smollm2-135m",
@@ -168,7 +168,7 @@ def ray_tokens_per_s(workers: int, batch: int, length: int, steps: int, data_dir
         "train.gradient_checkpointing=false", "train.warmup_steps=0", f"train.checkpoint_every={steps + 1}",
         f"train.query_max_length={length}", f"train.passage_max_length={length}", "train.lora.dropout=0.0",
     ])
-    run(cfg)
+    train_model(cfg)
     rows = [json.loads(x) for x in (out / f"bench{workers}" / "train" / "metrics.jsonl").read_text().splitlines()]
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[1:]),
             "step_seconds": statistics.median(r["seconds"] for r in rows[1:])}

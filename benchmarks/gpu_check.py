@@ -206,8 +206,8 @@ class _NoBackward:
 
 def measure_training(model, device: torch.device, args, n_params: int, peak: float | None) -> dict:
     """LoRA + ZeRO-3 + gradient caching through the trainer's engine and step; loss check first."""
-    from embedforge.train.batching import count_tokens
     from embedforge.config.train import LoraSettings, TrainConfig
+    from embedforge.train.batching import count_tokens
     from embedforge.train.engine import init_engine, train_step
     from embedforge.train.gradcache import contrastive_backward
     from embedforge.train.model import add_lora

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from embedforge.serving.loadgen import MAX_REQUESTS, MAX_SECONDS, run_load, stsb_batches
+from embedforge.testing.loadgen import MAX_REQUESTS, MAX_SECONDS, run_load, stsb_batches
 
 
 def main(argv: list[str] | None = None) -> int:

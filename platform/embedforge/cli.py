@@ -1,7 +1,8 @@
 """The ``embedforge`` console script; ``jobs/*.py`` call the same ``main``.
 
 Every stage subcommand takes ``--config FILE`` and any number of ``a.b=c`` overrides, validates the
-whole config before doing any work, and hands it to ``embedforge.<stage>.runner.run(cfg)``.
+whole config before doing any work, and hands it to the stage's entry function (``STAGES``), which
+returns a typed result printed as JSON.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import sys
 
 from embedforge.config.base import ConfigError
 
+# command -> (module, entry function, help); each entry takes the root config and returns a pydantic result.
 STAGES = {
-    "generate": ("embedforge.generate.runner", "Write synthetic training data with LLM teachers (Ray Data)."),
-    "train": ("embedforge.train.runner", "Contrastive LoRA fine-tuning (Ray Train + DeepSpeed ZeRO-3)."),
-    "evaluate": ("embedforge.evaluate.runner", "MTEB evaluation with the paper's instructions."),
-    "serve": ("embedforge.serving.runner", "Run the OpenAI-compatible /v1/embeddings endpoint (Ray Serve)."),
-    "pipeline": ("embedforge.pipeline", "generate -> train -> evaluate -> serve in one run directory."),
+    "generate": ("embedforge.generate.runner", "generate_data",
+                 "Write synthetic training data with LLM teachers (Ray Data)."),
+    "train": ("embedforge.train.runner", "train_model", "Contrastive LoRA fine-tuning (Ray Train + DeepSpeed ZeRO-3)."),
+    "evaluate": ("embedforge.evaluate.runner", "evaluate_model", "MTEB evaluation with the paper's instructions."),
+    "serve": ("embedforge.serving.runner", "serve_endpoint",
+              "Run the OpenAI-compatible /v1/embeddings endpoint (Ray Serve)."),
+    "pipeline": ("embedforge.pipeline", "run_pipeline", "generate -> train -> evaluate -> serve in one run directory."),
 }
 
 
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config file (defaults apply when omitted)")
     p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override any config key")
 
-    for name, (_, help_text) in STAGES.items():
+    for name, (_, _, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_args(p)
     return parser
@@ -72,11 +76,11 @@ def _cmd_import_model(args) -> int:
 def _cmd_embed(args) -> int:
     import numpy as np
 
-    from embedforge.encoder import Encoder
+    from embedforge.embedders import load_embedder
 
     cfg = _load(args)
     texts = args.text or ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."]
-    enc = Encoder.from_config(cfg.model)
+    enc = load_embedder(cfg.model)
     vecs = enc.encode(texts, instruction=args.instruction)
     print(json.dumps({"model": cfg.model.backbone, "dim": enc.dim, "n": len(texts)}))
     sims = vecs @ vecs.T
@@ -90,10 +94,10 @@ def _cmd_stage(args) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
-    module = importlib.import_module(STAGES[args.command][0])
-    result = module.run(cfg)
+    module_name, entry, _ = STAGES[args.command]
+    result = getattr(importlib.import_module(module_name), entry)(cfg)
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(result.model_dump_json(indent=2))
     return 0
 
 

@@ -7,7 +7,7 @@ adapter, any causal LM) or a sentence-transformers directory, both through ``emb
 A sentence-transformers directory says how it must be used (pooling, normalisation, max length) in
 its own files; those settings win over the ``model`` section's (``resolve`` reports what is used).
 Encoding such a directory through the Encoder instead of through sentence-transformers reproduces
-sentence-transformers' vectors (cosine >= 0.99999, tests/unit/test_serving.py) and all-MiniLM-L6-v2's
+sentence-transformers' vectors (cosine >= 0.99999, tests/unit/test_embedders.py) and all-MiniLM-L6-v2's
 published MTEB scores (tests/integration/test_evaluate.py), so there is no second backend.
 
 No Ray here: ``embedforge.encode_pool`` runs embedders on a Ray Data actor pool.
@@ -25,12 +25,9 @@ from typing import Protocol
 import numpy as np
 
 from embedforge.encoder import Encoder
+from embedforge.pooling import POOLING_OF_SENTENCE_TRANSFORMERS_MODE
 
 log = logging.getLogger(__name__)
-
-# sentence-transformers pooling modes that embedforge's pooling implements.
-ST_POOLING = {"mean": "mean", "lasttoken": "last_token", "weightedmean": "weighted_mean"}
-
 
 class Embedder(Protocol):
     """Texts (+ an optional instruction that formats each as a query) to vectors."""
@@ -102,10 +99,10 @@ def read_sentence_transformers_settings(path: str) -> SentenceTransformersSettin
                 on = [k for k, v in flags.items() if v]
                 mode = on[0] if len(on) == 1 else ",".join(on)
             mode = mode.replace("_", "")
-            if mode not in ST_POOLING:
+            if mode not in POOLING_OF_SENTENCE_TRANSFORMERS_MODE:
                 raise ValueError(f"sentence-transformers directory {path!r} uses pooling {mode!r}; "
-                                 f"supported: {', '.join(ST_POOLING)}")
-            pooling = ST_POOLING[mode]
+                                 f"supported: {', '.join(POOLING_OF_SENTENCE_TRANSFORMERS_MODE)}")
+            pooling = POOLING_OF_SENTENCE_TRANSFORMERS_MODE[mode]
         elif kind == "Normalize":
             normalize = True
     if pooling is None:

@@ -84,14 +84,19 @@ def encode_on_pool(
     gpus_per_actor: float = 0.0,
     batch_size: int = 256,
     on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    stage: str = "encode",
+    settings: str = "",
+    resource_check: str = "fail",
 ) -> np.ndarray:
     """``(len(texts), dim)`` float32 embeddings in input order, computed by ``num_actors`` Ray actors.
 
     ``spec``: a picklable ``model`` section (``embedforge.embedders.EmbedderSpec``).
     ``instructions``: one for every text, or one per text (None / "" = encoded as it is).
     ``cpus_per_actor``: None = the cluster's CPUs shared among the actors (``actor_cpus``).
+    Before any actor starts, the cluster must be able to hold them all (``run.resource_check``): a
+    pool that cannot fit would wait forever; the error names ``stage`` and the config keys in ``settings``.
     """
-    from embedforge.ray_utils import init_ray
+    from embedforge.ray_utils import check_capacity, format_resources, init_ray
 
     ray = init_ray()
     n = len(texts)
@@ -102,6 +107,10 @@ def encode_on_pool(
     if len(instructions) != n:
         raise ValueError(f"encode_on_pool: {len(instructions)} instructions for {n} texts")
     cpus = actor_cpus(num_actors, cpus_per_actor)
+    actor = {"CPU": cpus, "GPU": float(gpus_per_actor)}
+    check_capacity(stage, [actor] * num_actors,
+                   f"{num_actors} encoding actors × {format_resources(actor)}" + (f" ({settings})" if settings else ""),
+                   mode=resource_check)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.verbose_progress = False

@@ -1,22 +1,32 @@
 """``embedforge pipeline``: generate → split → train → evaluate → serve → report in one run directory.
 
-Each stage records a marker with a fingerprint of the config it depends on; a rerun skips stages
-whose marker matches and redoes the rest (an interrupted stage has no marker, and the stages
-themselves resume: generation from committed shards, training from the last checkpoint, evaluation
-from the embedding cache). Everything lands under ``<run.output_dir>/<run.name>/``.
+This module only orders the stages, fingerprints the config each depends on, keeps the markers and
+dispatches; the work is in each stage's own module (``generate.runner``, ``split``, ``train.runner``,
+``evaluate.runner``, ``serving.smoke``, ``report``), and each returns a typed result. A stage's marker
+holds its fingerprint and that result; a rerun skips stages whose marker matches and redoes the rest
+(an interrupted stage has no marker, and the stages themselves resume: generation from committed
+shards, training from the last checkpoint, evaluation from the embedding cache). Everything lands
+under ``<run.output_dir>/<run.name>/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-import zlib
 from pathlib import Path
 
-from embedforge.config import with_values
+from pydantic import BaseModel, ValidationError
+
+from embedforge.config import EmbedforgeConfig, with_values
 from embedforge.config.pipeline import STAGE_ORDER
-from embedforge.ray_utils import free_port
+from embedforge.evaluate.runner import EvaluateResult
+from embedforge.generate.runner import GenerateResult
+from embedforge.report import ReportResult
+from embedforge.serving.smoke import ServeSmokeResult
+from embedforge.split import SplitResult
+from embedforge.train.runner import TrainResult
 
 # Which config sections each stage's output depends on (besides the stages before it).
 STAGE_INPUTS = {
@@ -27,6 +37,24 @@ STAGE_INPUTS = {
     "serve": ("serve",),
     "report": (),
 }
+
+STAGE_RESULTS: dict[str, type[BaseModel]] = {
+    "generate": GenerateResult,
+    "split": SplitResult,
+    "train": TrainResult,
+    "evaluate": EvaluateResult,
+    "serve": ServeSmokeResult,
+    "report": ReportResult,
+}
+
+# The held-out queries come from many synthetic tasks: one generic retrieval instruction.
+HELDOUT_INSTRUCTION = "Given a query, retrieve documents that answer or match it"
+
+
+class PipelineResult(BaseModel):
+    run_dir: str
+    stage_seconds: dict[str, float | str]  # stage -> seconds, or "skipped"
+    report: str | None  # the report's markdown file
 
 
 def _section(cfg, dotted: str):
@@ -47,7 +75,7 @@ def stage_fingerprints(cfg) -> dict[str, str]:
 
 
 class Markers:
-    """``<run>/pipeline/<stage>.done.json``: fingerprint + the stage's result, written last."""
+    """``<run>/pipeline/<stage>.done.json``: fingerprint + the stage's typed result, written last."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -56,111 +84,76 @@ class Markers:
     def _path(self, stage: str) -> Path:
         return self.folder / f"{stage}.done.json"
 
-    def result_if_done(self, stage: str, fingerprint: str) -> dict | None:
+    def result_if_done(self, stage: str, fingerprint: str) -> BaseModel | None:
+        """The stage's result when its marker matches ``fingerprint``; a marker from another config, or
+        one whose result no longer reads as this version's type, means the stage runs again."""
         path = self._path(stage)
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
-        return data["result"] if data.get("fingerprint") == fingerprint else None
+        if data.get("fingerprint") != fingerprint:
+            return None
+        try:
+            return STAGE_RESULTS[stage].model_validate(data.get("result"))
+        except ValidationError:
+            return None
 
-    def mark(self, stage: str, fingerprint: str, result: dict, seconds: float) -> None:
+    def mark(self, stage: str, fingerprint: str, result: BaseModel, seconds: float) -> None:
         tmp = self._path(stage).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": round(seconds, 1), "result": result},
-                                  indent=2, default=str))
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": round(seconds, 1),
+                                   "result": result.model_dump(mode="json")}, indent=2))
         tmp.replace(self._path(stage))
 
 
-def stage_split(cfg, run_dir: Path, results: dict):
+# ---------------------------------------------------------------- the stages: what each needs from before
+
+def stage_generate(cfg, run_dir: Path, results: dict, ready=None) -> GenerateResult:
+    from embedforge.generate.runner import generate_data
+
+    return generate_data(cfg, ready)
+
+
+def stage_split(cfg, run_dir: Path, results: dict) -> SplitResult:
     from embedforge.split import run_split
 
     return run_split(cfg.pipeline, run_dir / "data", run_dir / "pipeline")
 
 
-# ---------------------------------------------------------------- the stages
-
-def stage_generate(cfg, run_dir: Path, results: dict, ready=None) -> dict:
-    from embedforge.generate.runner import run
-
-    return run(cfg, ready)
-
-
-def stage_train(cfg, run_dir: Path, results: dict) -> dict:
-    from embedforge.train.runner import run
+def stage_train(cfg, run_dir: Path, results: dict) -> TrainResult:
+    from embedforge.train.runner import train_model
 
     sources = [s.model_dump() for s in cfg.train.data]
-    split_data = results["split"]["train_data"]
+    split_data = results["split"].train_data
     if split_data not in [s["path"] for s in sources]:
         sources.append({"path": split_data, "ratio": 1.0})
-    return run(with_values(cfg, **{"train.data": sources}))
+    return train_model(with_values(cfg, **{"train.data": sources}))
 
 
-def stage_evaluate(cfg, run_dir: Path, results: dict) -> dict:
-    from embedforge.evaluate.runner import run
+def tuned_model(cfg, results: dict) -> EmbedforgeConfig:
+    """The config with the trained (merged) model in place of the backbone."""
+    return with_values(cfg, **{"model.backbone": results["train"].merged, "model.adapter": None})
+
+
+def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
+    from embedforge.evaluate.runner import evaluate_model
 
     local = [t.model_dump() for t in cfg.evaluate.local_tasks]
-    local.append({"kind": "beir", "path": results["split"]["heldout_dir"], "name": "HeldoutRetrieval", "split": "test"})
+    local.append({"kind": "beir", "path": results["split"].heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
     baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
     if cfg.pipeline.compare_with_backbone:
         baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": True})
-    instructions = dict(cfg.evaluate.task_instructions)
-    # The held-out queries come from many synthetic tasks: one generic retrieval instruction.
-    instructions.setdefault("HeldoutRetrieval", "Given a query, retrieve documents that answer or match it")
-    tuned = with_values(cfg, **{"model.backbone": results["train"]["merged"], "model.adapter": None,
-                          "evaluate.local_tasks": local, "evaluate.baselines": baselines,
-                          "evaluate.task_instructions": instructions, "run.name": cfg.run.name})
-    return run(tuned)
+    instructions = {"HeldoutRetrieval": HELDOUT_INSTRUCTION, **cfg.evaluate.task_instructions}
+    return evaluate_model(with_values(tuned_model(cfg, results), **{
+        "evaluate.local_tasks": local, "evaluate.baselines": baselines, "evaluate.task_instructions": instructions}))
 
 
-def stage_serve(cfg, run_dir: Path, results: dict) -> dict:
-    """A smoke request through the real endpoint: the tuned model served, the official client, one check."""
-    import numpy as np
-    from openai import OpenAI
-    from ray import serve
+def stage_serve(cfg, run_dir: Path, results: dict) -> ServeSmokeResult:
+    from embedforge.serving.smoke import smoke_test
 
-    from embedforge.encoder import Encoder
-    from embedforge.serving.app import build_app, check_replicas_fit
-
-    merged = results["train"]["merged"]
-    port = free_port()
-    scfg = with_values(cfg, **{"model.backbone": merged, "model.adapter": None, "serve.port": port,
-                         "serve.host": "127.0.0.1"})
-    app = build_app(scfg)
-    check_replicas_fit(scfg)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    name = f"{cfg.serve.app_name}-smoke"
-    serve.run(app, name=name, route_prefix="/smoke", blocking=False)
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/smoke/v1", api_key=_client_key(scfg.serve), max_retries=3)
-        texts = ["A man is playing a guitar.", "Someone plays an instrument."]
-        t0 = time.time()
-        resp = client.embeddings.create(model=scfg.serve.model_name or "embedforge", input=texts)
-        latency = time.time() - t0
-        served = np.array([d.embedding for d in resp.data], dtype=np.float32)
-        offline = Encoder.from_config(scfg.model).encode(texts)
-        cos = float(min((served * offline).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(offline, axis=1))))
-        if cos < 0.9999:
-            raise RuntimeError(f"served vectors differ from the offline encoder (min cosine {cos:.6f})")
-        return {"model": merged, "inputs": len(texts), "dim": int(served.shape[1]),
-                "prompt_tokens": resp.usage.prompt_tokens, "min_cosine_vs_offline": cos,
-                "latency_s": round(latency, 3)}
-    finally:
-        serve.delete(name)
+    return smoke_test(tuned_model(cfg, results), app_name=f"{cfg.serve.app_name}-smoke")
 
 
-def _client_key(serve_cfg) -> str:
-    """The endpoint keeps auth on when keys are configured: the smoke client uses the first one."""
-    import os
-
-    from embedforge.serving.auth import _split_keys
-
-    text = os.environ.get(serve_cfg.api_key_env, "")
-    if not text.strip() and serve_cfg.api_key_file:
-        text = Path(serve_cfg.api_key_file).expanduser().read_text()
-    keys = _split_keys(text)
-    return keys[0] if keys else "no-key-configured"
-
-
-def stage_report(cfg, run_dir: Path, results: dict) -> dict:
+def stage_report(cfg, run_dir: Path, results: dict) -> ReportResult:
     from embedforge.report import write_report
 
     return write_report(cfg, run_dir, results)
@@ -176,14 +169,7 @@ STAGES = {
 }
 
 
-def _stages_to_run(cfg, markers: Markers, prints: dict[str, str]) -> list[str]:
-    wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]
-    return [s for s in wanted if cfg.pipeline.force or s == "report" or markers.result_if_done(s, prints[s]) is None]
-
-
-def run(cfg) -> dict:
-    import contextlib
-
+def run_pipeline(cfg) -> PipelineResult:
     from embedforge.generate.runner import ready_teachers
     from embedforge.ray_utils import init_ray, serve_ingress_env
 
@@ -192,8 +178,13 @@ def run(cfg) -> dict:
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     markers = Markers(run_dir / "pipeline")
     prints = stage_fingerprints(cfg)
-    to_run = _stages_to_run(cfg, markers, prints)
+    # Read every marker once: a stage is done when its marker matches and its result reads back.
+    done = {s: markers.result_if_done(s, prints[s]) for s in STAGE_ORDER}
+    wanted = [s for s in STAGE_ORDER if s in cfg.pipeline.stages]
+    to_run = [s for s in wanted if cfg.pipeline.force or s == "report" or done[s] is None]
     stages = dict(STAGES)
+    results: dict[str, BaseModel] = {s: r for s, r in done.items() if r is not None and s not in to_run}
+    timings: dict[str, float | str] = {}
     with contextlib.ExitStack() as teachers:
         if "generate" in to_run and cfg.generate.num_rows > 0:
             # Every teacher answers a real completion before any Ray work; the local server stays up
@@ -201,24 +192,20 @@ def run(cfg) -> dict:
             ready = teachers.enter_context(ready_teachers(cfg.generate, run_dir / "generate"))
             stages["generate"] = lambda c, d, r: stage_generate(c, d, r, ready=ready)
         init_ray(local_env=(lambda: serve_ingress_env(cfg.serve.ingress)) if "serve" in cfg.pipeline.stages else None)
-        results: dict[str, dict] = {}
-        timings: dict[str, float | str] = {}
         for i, stage in enumerate(STAGE_ORDER):
-            done = markers.result_if_done(stage, prints[stage])
+            step = f"[{i + 1}/{len(STAGE_ORDER)}] {stage}"
             if stage not in to_run:
-                if done is not None:
-                    results[stage] = done
-                if stage in cfg.pipeline.stages:
-                    print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: complete, skipped", flush=True)
+                if stage in wanted:
+                    print(f"{step}: complete, skipped", flush=True)
                     timings[stage] = "skipped"
                 continue
-            print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: running", flush=True)
+            print(f"{step}: running", flush=True)
             t0 = time.time()
             results[stage] = stages[stage](cfg, run_dir, results)
             timings[stage] = round(time.time() - t0, 1)
             markers.mark(stage, prints[stage], results[stage], time.time() - t0)
-            print(f"[{i + 1}/{len(STAGE_ORDER)}] {stage}: done in {timings[stage]} s", flush=True)
+            print(f"{step}: done in {timings[stage]} s", flush=True)
             if stage == "generate":
                 teachers.close()
-    return {"run_dir": str(run_dir), "stage_seconds": timings,
-            "report": results.get("report", {}).get("markdown")}
+    report = results.get("report")
+    return PipelineResult(run_dir=str(run_dir), stage_seconds=timings, report=report.markdown if report else None)

@@ -11,6 +11,10 @@ import torch.nn.functional as F
 
 POOLINGS = ("last_token", "mean", "weighted_mean")
 
+# embedforge's pooling name -> sentence-transformers' Pooling mode (export writes it, loading reads it back).
+SENTENCE_TRANSFORMERS_MODES = {"last_token": "lasttoken", "mean": "mean", "weighted_mean": "weightedmean"}
+POOLING_OF_SENTENCE_TRANSFORMERS_MODE = {st: ours for ours, st in SENTENCE_TRANSFORMERS_MODES.items()}
+
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Hidden state at the last attended position (the appended EOS), whatever the padding side."""

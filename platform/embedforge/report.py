@@ -5,6 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pydantic import BaseModel
+
+
+class ReportResult(BaseModel):
+    markdown: str  # report.md
+    data_png: str | None = None
+    loss_png: str | None = None
+    scores_png: str | None = None
+
 
 def _bar_png(counts: dict[str, int], title: str, path: Path) -> None:
     import matplotlib
@@ -27,76 +36,77 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(cfg, run_dir: Path, results: dict) -> dict:
+def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
+    """``results``: stage name -> that stage's typed result (``GenerateResult``, ``SplitResult``, ...);
+    a stage that did not run is absent and its section is left out."""
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# embedforge run `{cfg.run.name}`", "", f"Backbone: `{cfg.model.backbone}`, pooling "
              f"`{cfg.model.pooling}`, max length {cfg.model.max_length}.", ""]
     files = {}
 
-    gen = results.get("generate") or {}
+    generated = results.get("generate")
+    gen = generated.synthetic if generated else None
     if gen:
         parts += ["## Data", ""]
-        per_group = gen.get("per_group") or {}
+        per_group = gen.per_group
         if per_group:
             _bar_png(per_group, "kept synthetic rows per group", out / "data.png")
             files["data_png"] = str(out / "data.png")
             parts += ["![rows per group](data.png)", ""]
             parts += [_table([[g, n] for g, n in per_group.items()], ["group", "kept rows"]), ""]
-        session = gen.get("this_session") or {}
         facts = [
-            ["rows kept / attempts", f"{gen.get('rows', 0)} / {gen.get('attempts', 0)}"],
-            ["languages", len(gen.get("per_language") or {})],
-            ["teachers", ", ".join(f"{t} ({n})" for t, n in (gen.get("per_teacher") or {}).items())],
-            ["reject reasons", ", ".join(f"{r}: {n}" for r, n in (gen.get("rejects") or {}).items()) or "none"],
-            ["prompt / completion tokens", f"{gen.get('prompt_tokens', 0)} / {gen.get('completion_tokens', 0)}"],
-            ["cost (USD)", f"{gen.get('cost_usd', 0.0):.4f}"],
+            ["rows kept / attempts", f"{gen.rows} / {gen.attempts}"],
+            ["languages", len(gen.per_language)],
+            ["teachers", ", ".join(f"{t} ({n})" for t, n in gen.per_teacher.items())],
+            ["reject reasons", ", ".join(f"{r}: {n}" for r, n in gen.rejects.items()) or "none"],
+            ["prompt / completion tokens", f"{gen.prompt_tokens} / {gen.completion_tokens}"],
+            ["cost (USD)", f"{gen.cost_usd:.4f}"],
+            ["completion tokens/s (last session)", gen.this_session.completion_tokens_per_s],
         ]
-        if session:
-            facts.append(["completion tokens/s (last session)", session.get("completion_tokens_per_s")])
         parts += [_table(facts, ["generation", "value"]), ""]
-        for name, info in (gen.get("labeled") or {}).items():
-            parts += [f"Labeled set `{name}`: {info}", ""]
-    split = results.get("split") or {}
+    for name, rows in (generated.labeled if generated else {}).items():
+        parts += [f"Labeled set `{name}`: {rows} rows", ""]
+    split = results.get("split")
     if split:
-        parts += [f"Training rows: {split['train_rows']}; held-out retrieval task: "
-                  f"{split['heldout']['queries']} queries over {split['heldout']['corpus']} documents.", ""]
+        parts += [f"Training rows: {split.train_rows}; held-out retrieval task: "
+                  f"{split.heldout_queries} queries over {split.heldout_corpus} documents.", ""]
 
-    train = results.get("train") or {}
+    train = results.get("train")
     if train:
         parts += ["## Training", ""]
-        curve = Path(train.get("loss_curve", ""))
+        curve = Path(train.loss_curve)
         if curve.is_file():
             shutil.copy(curve, out / "loss_curve.png")
             files["loss_png"] = str(out / "loss_curve.png")
             parts += ["![loss curve](loss_curve.png)", ""]
-        fm = train.get("final_metrics") or {}
+        fm = train.final_metrics
         keep = {k: fm[k] for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "examples_per_s") if k in fm}
         if keep:
             rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in keep.items()]
             parts += [_table(rows, ["metric", "final value"]), ""]
-        parts += [f"Outputs: adapter `{train.get('adapter')}`, merged model `{train.get('merged')}`, "
-                  f"sentence-transformers `{train.get('sentence_transformers')}`.", ""]
+        parts += [f"Outputs: adapter `{train.adapter}`, merged model `{train.merged}`, "
+                  f"sentence-transformers `{train.sentence_transformers}`.", ""]
 
-    ev = results.get("evaluate") or {}
+    ev = results.get("evaluate")
     if ev:
         parts += ["## Evaluation", ""]
-        scores = ev.get("scores") or {}
+        scores = ev.scores
         tasks = sorted({t for s in scores.values() for t in s})
         rows = [[model] + [f"{scores[model].get(t, float('nan')):.4f}" for t in tasks] for model in scores]
         parts += [_table(rows, ["model"] + tasks), ""]
-        chart = Path((ev.get("summary") or {}).get("chart", ""))
+        chart = Path(ev.summary.get("chart", ""))
         if chart.is_file():
             shutil.copy(chart, out / "scores.png")
             files["scores_png"] = str(out / "scores.png")
             parts += ["![scores](scores.png)", ""]
 
-    sv = results.get("serve") or {}
+    sv = results.get("serve")
     if sv:
         parts += ["## Serving smoke test", "",
-                  f"`POST /v1/embeddings` through the official `openai` client: {sv['inputs']} inputs, "
-                  f"dim {sv['dim']}, {sv['prompt_tokens']} prompt tokens, min cosine vs offline encoder "
-                  f"{sv['min_cosine_vs_offline']:.6f}, latency {sv['latency_s']} s.", ""]
+                  f"`POST /v1/embeddings` through the official `openai` client: {sv.inputs} inputs, "
+                  f"dim {sv.dim}, {sv.prompt_tokens} prompt tokens, min cosine vs offline encoder "
+                  f"{sv.min_cosine_vs_offline:.6f}, latency {sv.latency_s} s.", ""]
     md = out / "report.md"
     md.write_text("\n".join(parts))
-    return {"markdown": str(md), **files}
+    return ReportResult(markdown=str(md), **files)

@@ -27,7 +27,7 @@ def _cfg(tmp_path, *overrides):
 
 
 def test_minilm_reproduces_published_stsb_and_banking77(ray_cluster, shared_data, tmp_path):
-    from embedforge.evaluate.runner import run
+    from embedforge.evaluate.runner import evaluate_model
 
     cfg = _cfg(
         tmp_path, "model.backbone=all-minilm-l6-v2", "model.instructions=false",
@@ -35,7 +35,7 @@ def test_minilm_reproduces_published_stsb_and_banking77(ray_cluster, shared_data
         f" {{kind: classification, path: {shared_data / 'banking77'}, name: Banking77Classification}}]",
         f"evaluate.baselines={{all-minilm-l6-v2: {{published: {json.dumps(PUBLISHED_MINILM)}}}}}",
     )
-    out = run(cfg)
+    out = evaluate_model(cfg).model_dump()
     scores = out["scores"]["evalrun"]
     assert abs(scores["STSBenchmark"] - 0.8203) <= 0.005, scores
     assert abs(scores["Banking77Classification"] - 0.8004) <= 0.005, scores
@@ -55,18 +55,16 @@ def test_minilm_reproduces_published_stsb_and_banking77(ray_cluster, shared_data
 @pytest.fixture
 def small_scifact(shared_data, tmp_path):
     """SciFact's test queries whose relevant documents fall in the first 150 documents (+ those)."""
-    src = shared_data / "scifact"
-    docs = [json.loads(line) for line in (src / "corpus.jsonl").read_text().splitlines()[:150]]
+    from embedforge.formats import read_beir, write_beir
+
+    data = read_beir(shared_data / "scifact", "test")
+    docs = [{"_id": did, **doc} for did, doc in list(data["corpus"].items())[:150]]
     ids = {d["_id"] for d in docs}
-    qrels = [line.split("\t") for line in (src / "qrels" / "test.tsv").read_text().splitlines()[1:]]
-    qrels = [q for q in qrels if q[1] in ids]
-    qids = {q[0] for q in qrels}
-    queries = [q for q in map(json.loads, (src / "queries.jsonl").read_text().splitlines()) if q["_id"] in qids]
-    out = tmp_path / "scifact-small"
-    (out / "qrels").mkdir(parents=True)
-    (out / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (out / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(q) + "\n" for q in qrels))
+    qrels = {q: {d: s for d, s in rel.items() if d in ids} for q, rel in data["relevant_docs"].items()}
+    qrels = {q: rel for q, rel in qrels.items() if rel}
+    queries = [{"_id": q, "text": data["queries"][q]} for q in qrels]
+    out = write_beir(tmp_path / "scifact-small", {d["_id"]: d for d in docs},
+                     {q["_id"]: q["text"] for q in queries}, qrels)
     return out, docs, queries
 
 
@@ -75,7 +73,7 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
     from peft import LoraConfig, get_peft_model
 
     from embedforge.encoder import Encoder
-    from embedforge.evaluate.runner import run
+    from embedforge.evaluate.runner import evaluate_model
     from embedforge.evaluate.spec import ModelSpec
     from embedforge.models import load_backbone
 
@@ -89,7 +87,7 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
                "model.max_length=64", "evaluate.ray_batch_size=32",
                f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: SciFact}}]",
                "evaluate.baselines={e5: {published: {SciFact: 0.7642}}}")
-    out = run(cfg)
+    out = evaluate_model(cfg).model_dump()
     ndcg = out["scores"]["evalrun"]["SciFact"]
     assert 0.0 < ndcg <= 1.0
     stats = out["encode_stats"]["evalrun"]
@@ -110,7 +108,7 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
     np.testing.assert_allclose(np.stack([got_d[text_hash(t)] for t in d_texts]), enc.encode(d_texts), atol=2e-4)
 
     # A rerun is served entirely from the cache and gives the same score.
-    again = run(cfg)
+    again = evaluate_model(cfg).model_dump()
     assert again["encode_stats"]["evalrun"]["encoded_local"] == 0
     assert again["encode_stats"]["evalrun"]["encoded_ray"] == 0
     assert again["scores"]["evalrun"]["SciFact"] == pytest.approx(ndcg, abs=1e-6)
@@ -174,9 +172,9 @@ def test_killed_encoding_resumes_from_cache(ray_cluster, shared_data, minilm_dir
 @pytest.mark.slow
 def test_minilm_reproduces_published_scifact(ray_cluster, shared_data, tmp_path):
     """~15 min on 2 cores: the whole SciFact corpus through Ray actors."""
-    from embedforge.evaluate.runner import run
+    from embedforge.evaluate.runner import evaluate_model
 
     cfg = _cfg(tmp_path, "model.backbone=all-minilm-l6-v2", "model.instructions=false",
                f"evaluate.local_tasks=[{{kind: beir, path: {shared_data / 'scifact'}, name: SciFact}}]")
-    scores = run(cfg)["scores"]["evalrun"]
+    scores = evaluate_model(cfg).scores["evalrun"]
     assert abs(scores["SciFact"] - 0.6451) <= 0.005, scores

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from embedforge.config.generate import LocalTeacherConfig, TeacherConfig
-from embedforge.generate.fault_proxy import FaultProxy
 from embedforge.generate.taxonomy import example_request, language_weights, load_template, split_counts
 from embedforge.generate.teachers import (
     LocalTeacherServer,
@@ -23,6 +22,7 @@ from embedforge.generate.teachers import (
     preflight,
 )
 from embedforge.generate.validation import validate_example
+from embedforge.testing.fault_proxy import FaultProxy
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _sts_request(i: int, seed_override: int | None = None) -> dict:
     return req
 
 
-def test_openai_engine_structured_output_and_seeds(llama):
+def test_openai_engine_keeps_the_schema_and_the_same_seed_gives_the_same_text(llama):
     teacher = llama.teacher()
     preflight(teacher)
 
@@ -90,7 +90,7 @@ def test_bad_teacher_fails_before_any_ray_work(tmp_path, repo_root):
 
 def test_injected_faults_still_give_every_row_once(llama, ray_cluster, tmp_path):
     from embedforge.config import load_config
-    from embedforge.generate.runner import run
+    from embedforge.generate.runner import generate_data
 
     with FaultProxy(llama.base_url.removesuffix("/v1"), fault_rate=0.4, seed=1, hang_s=21, max_hangs=1) as proxy:
         cfg = {
@@ -105,10 +105,10 @@ def test_injected_faults_still_give_every_row_once(llama, ray_cluster, tmp_path)
             },
         }
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-        result = run(load_config(str(tmp_path / "c.yaml")))
+        result = generate_data(load_config(str(tmp_path / "c.yaml"))).synthetic
         faults = dict(proxy.counts)
     assert faults.get("429", 0) + faults.get("500", 0) >= 2, faults
-    assert result["complete"] and result["per_group"] == split_counts(3, {"sts": 1, "bitext": 1})
+    assert result.complete and result.per_group == split_counts(3, {"sts": 1, "bitext": 1})
     table = pq.read_table(tmp_path / "faults" / "data")
     assert table.num_rows == 3 and len(set(table.column("id").to_pylist())) == 3
     assert len(set(table.column("query").to_pylist())) == 3
@@ -117,5 +117,5 @@ def test_injected_faults_still_give_every_row_once(llama, ray_cluster, tmp_path)
         assert row["query"] and row["positive"] and row["negatives"] and row["teacher"] == "flaky"
         validate_example(json.dumps({t.query: row["query"], t.positive: row["positive"], t.negatives[0]: row["negatives"][0]}), t)
     # the client's own retries absorbed the faults: no attempt ended as a request error
-    assert "request_error" not in result["rejects"]
+    assert "request_error" not in result.rejects
     assert language_weights({"English": 100})  # (config language override used above is valid)

@@ -16,7 +16,7 @@ from tests.conftest import generate_job
 from tests.conftest import port_open as _listening
 
 
-def test_resume_after_sigkill(ray_cluster, tmp_path, repo_root):
+def test_rerun_after_a_sigkill_completes_keeping_every_commit_and_no_attempt_twice(ray_cluster, tmp_path, repo_root):
     port = free_port()
     cmd, commits = generate_job(tmp_path, "resume", 2, port, repo_root)
     env = dict(os.environ, **ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])

@@ -54,7 +54,7 @@ def test_gradient_cached_loss_equals_the_uncached_loss(tiny_run):
     assert tr["loss_check_passed"] is True
 
 
-def test_encoding_throughput(tiny_run):
+def test_encode_report_counts_tokens_and_padding_at_a_positive_rate_with_finite_vectors(tiny_run):
     report = tiny_run[0]
     enc = report["encode"]
     assert enc["texts"] == 64 and enc["tokens"] > enc["texts"]
@@ -63,7 +63,7 @@ def test_encoding_throughput(tiny_run):
     assert enc["embedding_dim"] == report["model"]["hidden_size"] == 64
 
 
-def test_report_files(tiny_run):
+def test_json_and_table_record_one_passing_attempt_and_the_table_is_printed(tiny_run):
     report, table, stdout = tiny_run
     assert report["attempts"] == [{"layers": 2, "ok": True}] and "fallback" not in report
     assert report["model"]["layers"] == report["model"]["layers_requested"] == report["model"]["layers_full_shape"] == 2

@@ -49,7 +49,7 @@ def test_cli_import_model_writes_a_loadable_directory(tmp_path, gguf_path):
     assert cfg.model_type == "llama" and not hasattr(cfg, "quantization_config")
 
 
-def test_smollm2_encoder_real_text(smollm2_dir):
+def test_smollm2_encoder_ends_in_eos_ranks_paraphrases_closer_and_ignores_padding_side(smollm2_dir):
     from embedforge.config import load_config
     from embedforge.encoder import Encoder
     from embedforge.prompts import tokenize_with_eos

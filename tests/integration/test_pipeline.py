@@ -56,9 +56,9 @@ def test_every_stage_runs_and_the_report_has_scores_and_figures(tiny_pipeline):
         assert f"{stage}: done" in tiny_pipeline["stdout"], stage
         assert (run_dir / "pipeline" / f"{stage}.done.json").is_file(), stage
     gen = _marker(run_dir, "generate")["result"]
-    assert gen["rows"] >= 12, gen
+    assert gen["synthetic"]["rows"] >= 12, gen
     split = _marker(run_dir, "split")["result"]
-    assert split["heldout"]["queries"] >= 4 and split["train_rows"] > 0
+    assert split["heldout_queries"] >= 4 and split["train_rows"] > 0
     train = _marker(run_dir, "train")["result"]
     assert Path(train["adapter"], "adapter_model.safetensors").is_file()
     serve = _marker(run_dir, "serve")["result"]

@@ -106,7 +106,7 @@ def test_openai_client_matches_offline_encoder(client, offline, encoding_format,
     assert resp.usage.prompt_tokens == resp.usage.total_tokens == sum(offline.count_tokens(TEXTS, instruction))
 
 
-def test_client_default_base64_dimensions_and_models(client, offline):
+def test_openai_client_defaults_get_renormalised_truncated_dimensions_and_the_model_list(client, offline):
     resp = client.embeddings.create(model=MODEL, input="A girl is styling her hair.", dimensions=64)
     v = np.array(resp.data[0].embedding)
     ref = offline.encode(["A girl is styling her hair."])[0, :64]
@@ -115,7 +115,7 @@ def test_client_default_base64_dimensions_and_models(client, offline):
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
-def test_auth_and_error_shapes(endpoint, client):
+def test_a_wrong_or_missing_key_is_401_and_bad_requests_get_openai_errors(endpoint, client):
     import openai
 
     bad = openai.OpenAI(base_url=endpoint["base"] + "/v1", api_key="wrong", max_retries=0)
@@ -141,7 +141,7 @@ def test_auth_and_error_shapes(endpoint, client):
     assert exc.value.status_code == 400
 
 
-def test_health(endpoint):
+def test_health_answers_ok_without_a_key(endpoint):
     status, body = _http("GET", endpoint["base"] + "/health")
     assert status == 200 and body["status"] == "ok"
 
@@ -159,7 +159,7 @@ def _replica_stats() -> list[dict]:
 
 
 def test_concurrent_requests_share_token_budget_batches(endpoint):
-    from embedforge.serving.loadgen import run_load
+    from embedforge.testing.loadgen import run_load
 
     payloads = [{"model": MODEL, "input": [f"{t} {i}" for t in TEXTS]} for i in range(8)]
     report = asyncio.run(run_load(endpoint["base"] + "/v1/embeddings", payloads, concurrency=8, max_requests=48,
@@ -201,7 +201,7 @@ def test_killed_replica_is_replaced_under_load(endpoint):
     import ray
     from ray import serve
 
-    from embedforge.serving.loadgen import run_load
+    from embedforge.testing.loadgen import run_load
 
     def replicas() -> set[str]:
         return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)

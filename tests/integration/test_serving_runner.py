@@ -1,4 +1,4 @@
-"""`embedforge serve` (runner.run) on the session cluster; the endpoint's counters reach Prometheus."""
+"""`embedforge serve` (runner.serve_endpoint) on the session cluster; the endpoint's counters reach Prometheus."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def test_runner_serves_and_exports_counters(ray_cluster, minilm_dir):
                              "serve.app_name=ef-runner-test", "serve.model_name=minilm-runner", "serve.api_key_env=",
                              "serve.ray_actor_options.num_cpus=0.5", "serve.torch_threads=1"])
     try:
-        info = runner.run(cfg, block=False)
-        assert info["url"] == f"http://127.0.0.1:{port}/v1" and info["model"] == "minilm-runner"
-        req = urllib.request.Request(info["url"] + "/embeddings", method="POST",
+        info = runner.serve_endpoint(cfg, block=False)
+        assert info.url == f"http://127.0.0.1:{port}/v1" and info.model == "minilm-runner"
+        req = urllib.request.Request(info.url + "/embeddings", method="POST",
                                      data=json.dumps({"model": "minilm-runner", "input": ["a", "the", "cat"]}).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:

@@ -9,7 +9,7 @@ import pytest
 from embedforge.config import load_config
 from embedforge.schema import arrow_schema
 from embedforge.train.dataset import DataError
-from embedforge.train.runner import run
+from embedforge.train.runner import train_model
 
 
 def _cfg(tmp_path, data):
@@ -24,10 +24,10 @@ def test_all_invalid_rows_fail_naming_the_source(ray_cluster, tmp_path, repo_roo
     pq.write_table(pa.Table.from_pylist([row, dict(row, id="b", group="sts", query=" ")], schema=arrow_schema()),
                    tmp_path / "bad" / "part-0.parquet")
     with pytest.raises(DataError, match=r"train\.data.*2 rows, 0 valid"):
-        run(_cfg(tmp_path, tmp_path / "bad"))
+        train_model(_cfg(tmp_path, tmp_path / "bad"))
 
 
 def test_missing_data_dir_fails_naming_the_setting(ray_cluster, tmp_path, repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
     with pytest.raises(DataError, match=r"train\.data\[0\]\.path: no Parquet data"):
-        run(_cfg(tmp_path, tmp_path / "nothing"))
+        train_model(_cfg(tmp_path, tmp_path / "nothing"))

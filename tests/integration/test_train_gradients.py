@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_train_gradcache import batch, lora_grads, lora_model  # noqa: E402
 
+from embedforge.config.train import TrainConfig  # noqa: E402
 from embedforge.ray_utils import free_port  # noqa: E402
 from embedforge.train.batching import worker_slice  # noqa: E402
-from embedforge.config.train import TrainConfig  # noqa: E402
 from embedforge.train.gradcache import contrastive_backward  # noqa: E402
 
 TEMPERATURE = 0.05

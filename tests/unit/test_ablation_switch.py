@@ -58,7 +58,7 @@ def test_mining_embeds_queries_as_training_will(monkeypatch, tiny_tokenizer, ins
     encoder = Encoder(tiny_model("llama"), tiny_tokenizer, max_length=32)
     asked = []
 
-    def embed_in_process(texts, instructions, model, replicas):
+    def embed_in_process(texts, instructions, model, replicas, resource_check):
         asked.append(list(instructions))
         return encoder.encode([format_query(t, i or None) for t, i in zip(texts, instructions, strict=True)])
 

@@ -20,7 +20,7 @@ def test_bad_override_is_reported_not_raised(capsys):
     assert "model.pooling" in err and "last_token" in err
 
 
-def test_print_config(capsys):
+def test_print_config_shows_the_overrides_and_exits_zero(capsys):
     assert main(["train", "--print-config", "model.max_length=99"]) == 0
     assert "max_length: 99" in capsys.readouterr().out
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from embedforge.config import EmbedforgeConfig, load_config
+from embedforge.config import EmbedforgeConfig, load_config, with_values
 from embedforge.config.base import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,9 +95,11 @@ def test_malformed_override():
 
 def test_training_lengths_default_to_and_never_exceed_model_max_length():
     cfg = load_config(None, ["model.max_length=96"])
-    assert (cfg.train.query_max_length, cfg.train.passage_max_length) == (96, 96)
+    assert cfg.training_lengths() == (96, 96)
     shorter = load_config(None, ["model.max_length=96", "train.query_max_length=32"])
-    assert (shorter.train.query_max_length, shorter.train.passage_max_length) == (32, 96)
+    assert shorter.training_lengths() == (32, 96)
+    # resolved when read, so a copy with another model.max_length follows it
+    assert with_values(cfg, **{"model.max_length": 128}).training_lengths() == (128, 128)
     with pytest.raises(ConfigError, match=r"train.passage_max_length \(128\) must be <= model.max_length \(96\)"):
         load_config(None, ["model.max_length=96", "train.passage_max_length=128"])
 

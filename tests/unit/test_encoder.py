@@ -44,7 +44,7 @@ def test_instruction_changes_query_vectors(tiny_tokenizer, tiny_llama):
     np.testing.assert_allclose(instructed, enc.encode(["Instruct: find pets\nQuery: cats"]), atol=1e-6)
 
 
-def test_bad_inputs(tiny_tokenizer, tiny_llama):
+def test_empty_and_over_long_texts_encode_and_wrong_types_or_pooling_are_refused(tiny_tokenizer, tiny_llama):
     enc = Encoder(tiny_llama, tiny_tokenizer, max_length=8)
     assert enc.encode([]).shape == (0, 32)
     assert enc.encode([""]).shape == (1, 32)  # EOS only

@@ -10,77 +10,23 @@ import numpy as np
 import pytest
 
 from embedforge.config import load_config
+from embedforge.config.base import ConfigError
+from embedforge.config.evaluate import EvaluateConfig, LocalTaskConfig
 from embedforge.encode_pool import join_by_id, length_sorted_rows
 from embedforge.evaluate.cache import EmbeddingCache, model_fingerprint, namespace_key, text_hash
-from embedforge.config.evaluate import EvaluateConfig, LocalTaskConfig
 from embedforge.evaluate.summary import summary_table, to_markdown, write_summary
-from embedforge.evaluate.tasks import TaskDataError, local_task, read_beir, read_classification, read_sts
+from embedforge.evaluate.tasks import local_task, read_classification
 from embedforge.evaluate.wrapper import task_instruction
-from embedforge.config.base import ConfigError
+from embedforge.formats import FormatError, write_beir
 
 
-def write_beir(folder: Path, docs=None, queries=None, qrels=None, split="test") -> Path:
-    docs = docs if docs is not None else [{"_id": "d1", "title": "Cats", "text": "Cats purr."},
-                                          {"_id": "d2", "title": "", "text": "Stocks fell."}]
-    queries = queries if queries is not None else [{"_id": "q1", "text": "what sound do cats make"},
-                                                   {"_id": "q2", "text": "unjudged query"}]
-    qrels = qrels if qrels is not None else [("q1", "d1", 1)]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (folder / "qrels").mkdir(exist_ok=True)
-    (folder / "qrels" / f"{split}.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-    return folder
+def _beir_folder(folder: Path) -> Path:
+    """A two-document BEIR folder with one judged and one unjudged query."""
+    corpus = {"d1": {"title": "Cats", "text": "Cats purr."}, "d2": {"title": "", "text": "Stocks fell."}}
+    return write_beir(folder, corpus, {"q1": "what sound do cats make", "q2": "unjudged query"}, {"q1": {"d1": 1}})
 
 
-# ------------------------------------------------------------------------------------- readers
-
-
-def test_read_beir_keeps_judged_queries_only(tmp_path):
-    data = read_beir(write_beir(tmp_path / "t"), "test")
-    assert set(data["corpus"]) == {"d1", "d2"}
-    assert data["queries"] == {"q1": "what sound do cats make"}
-    assert data["relevant_docs"] == {"q1": {"d1": 1}}
-
-
-@pytest.mark.parametrize("missing", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"])
-def test_beir_missing_file_is_named(tmp_path, missing):
-    folder = write_beir(tmp_path / "t")
-    (folder / missing).unlink()
-    with pytest.raises(TaskDataError, match=f"missing file: .*{missing}"):
-        read_beir(folder, "test")
-
-
-def test_qrels_unknown_ids_name_file_and_line(tmp_path):
-    folder = write_beir(tmp_path / "t", qrels=[("q1", "d1", 1), ("q1", "d9", 1)])
-    with pytest.raises(TaskDataError, match=r"qrels/test.tsv:3: corpus-id 'd9' is not in corpus.jsonl"):
-        read_beir(folder, "test")
-    folder = write_beir(tmp_path / "u", qrels=[("q7", "d1", 1)])
-    with pytest.raises(TaskDataError, match=r"qrels/test.tsv:2: query-id 'q7' is not in queries.jsonl"):
-        read_beir(folder, "test")
-
-
-def test_empty_corpus_and_bad_json_are_errors(tmp_path):
-    folder = write_beir(tmp_path / "t", docs=[])
-    with pytest.raises(TaskDataError, match=r"corpus.jsonl: no documents"):
-        read_beir(folder, "test")
-    folder = write_beir(tmp_path / "u")
-    with open(folder / "corpus.jsonl", "a") as fh:
-        fh.write('{"_id": "d3", "text": \n')
-    with pytest.raises(TaskDataError, match=r"corpus.jsonl:3: not valid JSON"):
-        read_beir(folder, "test")
-
-
-def test_sts_reader_and_errors(tmp_path):
-    (tmp_path / "test.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t4.5\nc\td\tfive\n")
-    with pytest.raises(TaskDataError, match=r"test.tsv:3: score 'five' is not a number"):
-        read_sts(tmp_path, "test")
-    (tmp_path / "test.tsv").write_text("sentence1\tscore\na\t1\n")
-    with pytest.raises(TaskDataError, match=r"test.tsv:1: header lacks column\(s\) sentence2"):
-        read_sts(tmp_path, "test")
-    (tmp_path / "test.tsv").write_text('sentence1\tsentence2\tscore\n"a\ttab"\tb\t1\n')
-    assert read_sts(tmp_path, "test") == [{"sentence1": "a\ttab", "sentence2": "b", "score": 1.0}]
+# ---------------------------------------------------------- local task folders (file formats: test_formats.py)
 
 
 def test_classification_reader_checks_labels(tmp_path):
@@ -89,7 +35,7 @@ def test_classification_reader_checks_labels(tmp_path):
     data = read_classification(tmp_path, "test")
     assert data["test"] == [{"text": "multi\nline", "label": "greet"}]
     (tmp_path / "test.tsv").write_text("text\tlabel\nhmm\tconfused\n")
-    with pytest.raises(TaskDataError, match="labels not in train.tsv: confused"):
+    with pytest.raises(FormatError, match="labels not in train.tsv: confused"):
         read_classification(tmp_path, "test")
 
 
@@ -101,7 +47,7 @@ def test_local_task_keeps_mteb_metadata_for_known_names(tmp_path):
     assert isinstance(task, STSBenchmarkSTS)
     assert task.metadata.main_score == "cosine_spearman" and task.metadata.eval_splits == ["test"]
     assert len(task.dataset["test"]) == 2
-    own = local_task(LocalTaskConfig(kind="beir", path=str(write_beir(tmp_path / "b")), name="MyHeldOut"))
+    own = local_task(LocalTaskConfig(kind="beir", path=str(_beir_folder(tmp_path / "b")), name="MyHeldOut"))
     assert own.metadata.type == "Retrieval" and own.metadata.main_score == "ndcg_at_10"
     assert own.dataset["default"]["test"]["relevant_docs"] == {"q1": {"d1": 1}}
 
@@ -260,19 +206,19 @@ def test_config_validation(tmp_path):
 
 
 def test_runner_rejects_no_tasks_and_bad_folders_before_loading_models(tmp_path):
-    from embedforge.evaluate.runner import run
+    from embedforge.evaluate.runner import evaluate_model
 
     cfg = load_config(None, [f"run.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="no tasks configured"):
-        run(cfg)
-    folder = write_beir(tmp_path / "t")
+        evaluate_model(cfg)
+    folder = _beir_folder(tmp_path / "t")
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "evaluate.baselines={b: {model: /nonexistent/base}}",
                              f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: T}}]"])
     with pytest.raises(ConfigError, match="model path '/nonexistent/base' does not exist"):
-        run(cfg)
+        evaluate_model(cfg)
     (folder / "qrels" / "test.tsv").unlink()
     cfg = load_config(None, [f"run.output_dir={tmp_path}",
                              f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: T}}]"])
-    with pytest.raises(TaskDataError, match=r"missing file: .*qrels/test.tsv"):
-        run(cfg)
+    with pytest.raises(FormatError, match=r"missing file: .*qrels/test.tsv"):
+        evaluate_model(cfg)
     assert not (tmp_path / "run" / "evaluate").exists()

@@ -55,7 +55,7 @@ def test_forward_flops_is_two_per_parameter_token_plus_attention():
     assert gpu_check.forward_flops(n, layers, d, [3], n_lora=10) == 2 * 1010 * 3 + 4 * layers * d * 9
 
 
-def test_train_flops_frozen_base_and_recomputation():
+def test_train_step_flops_add_a_forward_for_gradient_cache_and_one_for_checkpointing():
     n, lora, layers, d, lengths = 10_000, 100, 4, 16, [7, 11]
     fwd = gpu_check.forward_flops(n, layers, d, lengths, lora)
     model, hardware = gpu_check.train_step_flops(n, lora, layers, d, lengths, gradient_cache=False,
@@ -68,7 +68,7 @@ def test_train_flops_frozen_base_and_recomputation():
     assert cache_only == pytest.approx(model + fwd)
 
 
-def test_mistral_7b_model_flops_per_token_at_512():
+def test_mistral_7b_model_flops_per_token_at_512_are_4n_plus_attention():
     body = MISTRAL_7B_TOTAL - 2 * MISTRAL_EMBEDDING
     model, _ = gpu_check.train_step_flops(body, 0, 32, 4096, [512], gradient_cache=True, checkpointing=True)
     per_token = model / 512
@@ -80,7 +80,7 @@ def test_mistral_7b_model_flops_per_token_at_512():
     ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H200", 989.0), ("NVIDIA H100 PCIe", 756.0),
     ("NVIDIA H100 NVL", 835.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None),
 ])
-def test_peak_tflops_per_card(name, peak):
+def test_peak_tflops_is_the_dense_bf16_figure_by_card_name_or_none_when_unknown(name, peak):
     assert gpu_check.peak_tflops(name) == peak
 
 

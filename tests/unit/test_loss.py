@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from embedforge.loss import InfoNCELoss, info_nce, similarity_logits
 
 
-def test_hand_computed_2x2():
+def test_info_nce_equals_a_hand_computed_2x2_case():
     # q0 = e0, q1 = e1; positives p0 = e0, p1 = (e0 + e1)/sqrt2; tau = 0.5
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     p = torch.tensor([[1.0, 0.0], [1.0, 1.0]])

@@ -16,13 +16,47 @@ def test_fingerprints_chain_downstream_only():
     assert upstream["serve"] != base["serve"]
 
 
-def test_markers_need_matching_fingerprint(tmp_path):
+def _split_result(tmp_path):
+    from embedforge.split import SplitResult
+
+    return SplitResult(train_rows=10, heldout_queries=4, heldout_corpus=9, train_data=str(tmp_path / "t"),
+                       heldout_dir=str(tmp_path / "h"))
+
+
+def test_a_marker_gives_back_the_typed_result_only_for_the_same_fingerprint(tmp_path):
+    from embedforge.split import SplitResult
+
     m = Markers(tmp_path)
-    assert m.result_if_done("train", "abc") is None
-    m.mark("train", "abc", {"merged": "/x"}, 1.0)
-    assert m.result_if_done("train", "abc") == {"merged": "/x"}
-    assert m.result_if_done("train", "other") is None
-    assert json.loads((tmp_path / "train.done.json").read_text())["fingerprint"] == "abc"
+    assert m.result_if_done("split", "abc") is None
+    m.mark("split", "abc", _split_result(tmp_path), 1.0)
+    back = m.result_if_done("split", "abc")
+    assert isinstance(back, SplitResult) and back == _split_result(tmp_path)
+    assert m.result_if_done("split", "other") is None
+    assert json.loads((tmp_path / "split.done.json").read_text())["fingerprint"] == "abc"
+
+
+def test_a_marker_whose_result_does_not_read_as_the_stage_type_reruns_the_stage(tmp_path):
+    # e.g. written by an older version (the split used to record {"heldout": {"queries": ...}})
+    (tmp_path / "split.done.json").write_text(json.dumps({"fingerprint": "abc", "result": {"heldout": {}}}))
+    assert Markers(tmp_path).result_if_done("split", "abc") is None
+
+
+def test_report_reads_typed_results_and_leaves_out_stages_that_did_not_run(tmp_path):
+    from embedforge.generate.runner import GenerateResult
+    from embedforge.report import write_report
+    from embedforge.serving.smoke import ServeSmokeResult
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}"])
+    gen = GenerateResult(run_dir=str(tmp_path), data_dir=str(tmp_path / "data"), labeled={"stsb-train": 12})
+    smoke = ServeSmokeResult(model="m", inputs=2, dim=576, prompt_tokens=17, min_cosine_vs_offline=0.99999,
+                             latency_s=0.2)
+    out = write_report(cfg, tmp_path, {"generate": gen, "split": _split_result(tmp_path), "serve": smoke})
+    text = open(out.markdown).read()
+    assert "Labeled set `stsb-train`: 12 rows" in text
+    assert "Training rows: 10; held-out retrieval task: 4 queries over 9 documents." in text
+    assert "dim 576, 17 prompt tokens" in text
+    assert "## Training" not in text and "## Evaluation" not in text and "## Data" not in text
+    assert out.loss_png is None and out.scores_png is None
 
 
 def test_pipeline_stage_names_validated():

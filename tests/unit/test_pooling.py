@@ -33,7 +33,7 @@ def test_weighted_mean_weights_by_text_position(h, mask):
     assert weighted_mean_pool(h, mask).squeeze(-1).tolist() == pytest.approx([14 / 6, 35 / 3])
 
 
-def test_pool_dispatch_and_unknown():
+def test_pool_dispatches_by_name_and_refuses_an_unknown_pooling():
     assert torch.equal(pool(RIGHT_H, RIGHT_MASK, "last_token"), last_token_pool(RIGHT_H, RIGHT_MASK))
     with pytest.raises(ValueError, match="last_token, mean, weighted_mean"):
         pool(RIGHT_H, RIGHT_MASK, "cls")
@@ -44,6 +44,6 @@ def test_position_ids_count_real_tokens():
     assert position_ids_from_mask(RIGHT_MASK).tolist() == [[0, 1, 2], [0, 1, 1]]
 
 
-def test_l2_normalize():
+def test_l2_normalize_gives_unit_length():
     v = l2_normalize(torch.tensor([[3.0, 4.0]]))
     assert v[0].tolist() == pytest.approx([0.6, 0.8])

@@ -34,12 +34,12 @@ def test_eos_not_doubled_when_tokenizer_appends_it(tiny_tokenizer):
     assert ids[-1] == 2 and ids.count(2) == 1
 
 
-def test_max_length_too_small(tiny_tokenizer):
+def test_max_length_without_room_for_a_token_and_eos_is_refused(tiny_tokenizer):
     with pytest.raises(ValueError, match="max_length"):
         tokenize_with_eos(tiny_tokenizer, ["x"], 1)
 
 
-def test_pad_batch_both_sides():
+def test_pad_batch_pads_right_or_left_with_a_matching_mask():
     ids, mask = pad_batch([[5, 6, 7], [8]], pad_token_id=0, side="right")
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids, mask = pad_batch([[5, 6, 7], [8]], pad_token_id=0, side="left")

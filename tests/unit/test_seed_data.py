@@ -6,22 +6,17 @@ it parses with the STS pair loader and shares nothing with the STS Benchmark the
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import pytest
 
 from embedforge.config.generate import LabeledDatasetConfig
+from embedforge.formats import STS_COLUMNS, read_sts_file
 from embedforge.generate.labeled import load_labeled
 
 SEED = Path(__file__).resolve().parents[2] / "configs" / "data" / "tiny_sts_pairs.tsv"
 NGRAM = 8  # a shared run of this many normalised words counts as copied text
-
-
-def _read(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL))
 
 
 def _words(text: str) -> list[str]:
@@ -34,17 +29,18 @@ def _ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
 
 
 def _seed_sentences() -> list[str]:
-    return [r[k] for r in _read(SEED) for k in ("sentence1", "sentence2")]
+    return [r[k] for r in read_sts_file(SEED) for k in ("sentence1", "sentence2")]
 
 
 def test_seed_pairs_load_with_the_sts_pair_loader():
-    records = _read(SEED)
-    assert list(records[0]) == ["sentence1", "sentence2", "score"]
-    assert all(0.0 <= float(r["score"]) <= 5.0 for r in records)
+    with SEED.open(encoding="utf-8") as f:
+        assert f.readline().rstrip("\n").split("\t") == list(STS_COLUMNS)  # exactly these columns
+    records = read_sts_file(SEED)
+    assert all(0.0 <= r["score"] <= 5.0 for r in records)
     ds = LabeledDatasetConfig(kind="sts_pairs", name="tiny-seed", path=str(SEED),
                               task="Retrieve semantically similar text.", score_threshold=4.0)
     rows = load_labeled(ds)
-    assert len(rows) == sum(float(r["score"]) >= 4.0 for r in records)
+    assert len(rows) == sum(r["score"] >= 4.0 for r in records)
     assert len(rows) >= 220
     assert all(r.query.strip() and r.positive.strip() for r in rows)
     pairs = [(r.query, r.positive) for r in rows]
@@ -63,7 +59,7 @@ def test_seed_sentences_are_distinct_and_clean():
 
 @pytest.mark.parametrize("split", ["train", "dev", "test"])
 def test_seed_set_shares_no_text_with_stsb(shared_data, split):
-    stsb = _read(shared_data / "stsb" / f"{split}.tsv")
+    stsb = read_sts_file(shared_data / "stsb" / f"{split}.tsv")
     stsb_sentences = [r[k] for r in stsb for k in ("sentence1", "sentence2")]
     assert len(stsb_sentences) > 1000  # the split really was read
     stsb_exact = {" ".join(_words(s)) for s in stsb_sentences}

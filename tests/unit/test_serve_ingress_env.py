@@ -26,6 +26,6 @@ def test_socket_paths_fit_haproxy_limit_under_ray_node_dir():
         assert len(os.path.join(head, RAY_NODE_DIR, name)) <= HAPROXY_MAX_SOCKET_PATH, env[key]
 
 
-def test_ingress_setting_maps_to_env():
+def test_haproxy_ingress_sets_the_serve_env_and_proxy_sets_none():
     assert serve_ingress_env("proxy") is None
     assert serve_ingress_env("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "1"

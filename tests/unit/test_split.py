@@ -1,6 +1,6 @@
 import pytest
 
-from embedforge.formats import write_beir
+from embedforge.formats import read_beir, write_beir
 from embedforge.split import heldout_task, split_rows
 
 
@@ -29,8 +29,6 @@ def test_split_tops_up_to_min_queries_and_refuses_to_hold_out_everything():
 
 
 def test_heldout_task_stores_shared_documents_once_and_reads_back_as_beir(tmp_path):
-    from embedforge.evaluate.tasks import read_beir
-
     held = _rows(5)
     held[1]["positive"] = held[0]["positive"]  # a shared document is stored once
     corpus, queries, qrels = heldout_task(held)

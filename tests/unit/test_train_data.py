@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from embedforge.config import ConfigError, load_config
+from embedforge.config.train import TrainConfig
 from embedforge.prompts import eos_token_id, tokenize_with_eos
 from embedforge.train.batching import (
     mix_counts,
@@ -14,7 +15,6 @@ from embedforge.train.batching import (
     tokenize_rows,
     worker_slice,
 )
-from embedforge.config.train import TrainConfig
 from embedforge.train.ds_config import deepspeed_config, lr_at
 
 
@@ -89,7 +89,7 @@ def test_worker_slices_partition_the_global_batch():
     assert all(len(s["negative_ids"]) == 2 * len(s["query_ids"]) for s in slices)
 
 
-def test_deepspeed_config_from_train_config():
+def test_deepspeed_config_follows_train_settings_and_lr_warms_up_then_decays_to_zero():
     cfg = TrainConfig(global_batch_size=64, num_workers=4, warmup_steps=10, lr=2e-4)
     ds = deepspeed_config(cfg)
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]

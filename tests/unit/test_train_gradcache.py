@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embedforge.testing import tiny_model
 from embedforge.config.train import LoraSettings
+from embedforge.testing import tiny_model
 from embedforge.train.gradcache import RandContext, chunks_of, contrastive_backward
 from embedforge.train.model import add_lora
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from embedforge.config.train import LoraSettings
 from embedforge.encoder import Encoder
 from embedforge.models import load_backbone
 from embedforge.testing import tiny_model, tiny_tokenizer
-from embedforge.config.train import LoraSettings
 from embedforge.train.model import (
     add_lora,
     check_target_modules,
@@ -95,14 +95,14 @@ def test_loss_curve_keeps_the_latest_value_of_a_rerun_step(tmp_path):
 
 def test_run_fails_before_ray_when_a_lora_target_is_absent(tmp_path):
     from embedforge.config import load_config
-    from embedforge.train.runner import run
+    from embedforge.train.runner import train_model
 
     tiny_model("llama").save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     cfg = load_config(None, [f"model.backbone={tmp_path / 'base'}", f"run.output_dir={tmp_path}",
                              "train.lora.target_modules=[c_attn]"])
     with pytest.raises(ValueError, match=r"train\.lora\.target_modules.*c_attn"):
-        run(cfg)
+        train_model(cfg)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "weighted_mean"])

@@ -50,9 +50,7 @@ class EmbedforgeConfig(Section):
         # is evaluated, exported (max_seq_length) and served at model.max_length, never beyond it.
         for key in ("query_max_length", "passage_max_length"):
             value = getattr(self.train, key)
-            if value is None:
-                setattr(self.train, key, limit)
-            elif value > limit:
+            if value is not None and value > limit:
                 raise ValueError(f"train.{key} ({value}) must be <= model.max_length ({limit}): the model is "
                                  f"evaluated and served at model.max_length; lower train.{key} or raise "
                                  "model.max_length")
@@ -61,6 +59,13 @@ class EmbedforgeConfig(Section):
             raise ValueError(f"serve.max_batch_tokens ({self.serve.max_batch_tokens}) must be >= model.max_length "
                              f"({limit}) so that any single input fits in a batch")
         return self
+
+    def training_lengths(self) -> tuple[int, int]:
+        """(query, passage) token limits training tokenizes at: the train section's, else model.max_length.
+
+        Resolved here, not stored: a copy with another model.max_length must not keep a stale value."""
+        limit = self.model.max_length
+        return self.train.query_max_length or limit, self.train.passage_max_length or limit
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

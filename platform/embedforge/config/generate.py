@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from embedforge.schema import LABELED_GROUPS, SYNTHETIC_GROUPS
 from embedforge.config.base import Section
+from embedforge.schema import LABELED_GROUPS, SYNTHETIC_GROUPS
 
 SyntheticGroup = Literal["short_long", "long_short", "short_short", "long_long", "sts", "bitext"]
 assert set(SyntheticGroup.__args__) == set(SYNTHETIC_GROUPS)

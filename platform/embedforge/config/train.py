@@ -45,8 +45,8 @@ class TrainConfig(Section):
     # Gradient caching: sequences per forward pass on a worker; null turns caching off.
     chunk_size: int | None = Field(32, ge=1)
     negatives_per_query: int = Field(1, ge=0)
-    # Token limits when training tokenizes; null: model.max_length (the root config fills it in and
-    # refuses a value above it). Shorter trains faster; the model is still served at model.max_length.
+    # Token limits when training tokenizes; null: model.max_length (the root config resolves it,
+    # ``training_lengths()``, and refuses a value above it). Shorter trains faster; the model is still served at model.max_length.
     query_max_length: int | None = Field(None, ge=2)
     passage_max_length: int | None = Field(None, ge=2)
     lr: float = Field(1e-4, gt=0)

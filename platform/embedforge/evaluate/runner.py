@@ -13,11 +13,34 @@ import time
 import uuid
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from embedforge.config.base import ConfigError
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
 from embedforge.evaluate.tasks import local_task, named_task
 from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
-from embedforge.config.base import ConfigError
+
+
+class ModelEncodeStats(BaseModel):
+    """How one model's texts were encoded: all of them, served from the cache, in the driver, on Ray."""
+
+    texts: int
+    cache_hits: int
+    encoded_local: int
+    encoded_ray: int
+    seconds: float
+    fingerprint: str
+
+
+class EvaluateResult(BaseModel):
+    """Main scores per model and task, and where mteb's results and the summary were written."""
+
+    output_dir: str
+    scores: dict[str, dict[str, float]]  # model label -> task name -> main score
+    summary: dict[str, str]  # markdown / json / chart -> path
+    encode_stats: dict[str, ModelEncodeStats]
+    results_dir: str
 
 
 def build_tasks(ecfg) -> list:
@@ -52,7 +75,7 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
     return runs
 
 
-def run(cfg) -> dict:
+def evaluate_model(cfg) -> EvaluateResult:
     ecfg = cfg.evaluate
     out_dir, cache_dir = _paths(cfg)
     tasks = build_tasks(ecfg)
@@ -82,13 +105,14 @@ def run(cfg) -> dict:
                 result_path.parent.mkdir(parents=True, exist_ok=True)
                 task_result.to_disk(result_path)
                 main_scores[label][task.metadata.name] = float(task_result.get_score())
-            stats[label] = {"texts": model.stats.texts, "cache_hits": model.stats.cache_hits,
-                            "encoded_local": model.stats.encoded_local, "encoded_ray": model.stats.encoded_ray,
-                            "seconds": round(time.time() - t0, 2), "fingerprint": model.fingerprint}
+            stats[label] = ModelEncodeStats(texts=model.stats.texts, cache_hits=model.stats.cache_hits,
+                                            encoded_local=model.stats.encoded_local,
+                                            encoded_ray=model.stats.encoded_ray,
+                                            seconds=round(time.time() - t0, 2), fingerprint=model.fingerprint)
         score_names = {t.metadata.name: t.metadata.main_score for t in tasks}
         published = {n: b.published for n, b in ecfg.baselines.items() if b.published}
         table = summary_table(main_scores, score_names, published)
-        files = write_summary(staging, table, {"encode_stats": stats})
+        files = write_summary(staging, table, {"encode_stats": {k: v.model_dump() for k, v in stats.items()}})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -96,5 +120,5 @@ def run(cfg) -> dict:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     files = {k: str(out_dir / Path(v).name) for k, v in files.items()}
-    return {"output_dir": str(out_dir), "scores": main_scores, "summary": files, "encode_stats": stats,
-            "results_dir": str(out_dir / "results")}
+    return EvaluateResult(output_dir=str(out_dir), scores=main_scores, summary=files, encode_stats=stats,
+                          results_dir=str(out_dir / "results"))

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedforge.embedders import EmbedderSpec, resolve
 from embedforge.config.base import ConfigError
+from embedforge.embedders import EmbedderSpec, resolve
 
 
 class ModelPathError(ConfigError):

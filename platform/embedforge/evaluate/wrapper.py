@@ -115,14 +115,16 @@ class EmbedforgeModel(AbsEncoder):
         if todo_texts:
             use_ray = force_shard or len(todo_texts) >= self.shard.threshold
             if use_ray:
-                from embedforge.evaluate.sharded import encode_sharded
+                from embedforge.encode_pool import encode_on_pool
 
                 def store(ids, vecs):
                     cache.put_many([todo_keys[i] for i in ids], vecs)
 
-                encode_sharded(self.spec, todo_texts, instruction, num_actors=self.shard.num_actors,
+                encode_on_pool(self.spec, todo_texts, instruction, num_actors=self.shard.num_actors,
                                cpus_per_actor=self.shard.cpus_per_actor, gpus_per_actor=self.shard.gpus_per_actor,
-                               batch_size=self.shard.batch_size, on_batch=store,
+                               batch_size=self.shard.batch_size, on_batch=store, stage="evaluate",
+                               settings="evaluate.num_actors, evaluate.cpus_per_actor: unset = the cluster's "
+                                        "CPUs / actors, evaluate.gpus_per_actor",
                                resource_check=self.shard.resource_check)
                 self.stats.encoded_ray += len(todo_texts)
             else:

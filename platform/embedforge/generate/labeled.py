@@ -7,79 +7,50 @@ misleading label drawn from the other labels). Each keeps a seeded ``sample_rati
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 from embedforge.config.generate import LabeledDatasetConfig
+from embedforge.formats import (
+    FormatError,
+    document_text,
+    read_beir,
+    read_classification_file,
+    read_pairs,
+    read_sts_file,
+)
 from embedforge.schema import TrainingRow, arrow_schema
 
 KIND_TO_GROUP = {"beir": "retrieval", "sts_pairs": "sts_pairs", "pair_classification": "pair_classification",
                  "classification": "classification"}
 
 
-def _tsv(path: Path) -> Iterator[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"labeled data file {str(path)!r} does not exist")
-    with path.open(newline="") as f:
-        yield from csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-
-
-def _need(rec: dict, cols: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in cols if c not in rec]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; has {sorted(rec)}")
-
-
 def _beir(ds: LabeledDatasetConfig) -> Iterator[tuple[str, str, list[str]]]:
-    root = Path(ds.path)
-    qrels = root / "qrels" / f"{ds.split}.tsv"
-    for needed in (root / "queries.jsonl", root / "corpus.jsonl", qrels):
-        if not needed.is_file():
-            raise FileNotFoundError(f"BEIR folder {str(root)!r}: {needed.name} missing (split {ds.split!r})")
-    pairs = [(r["query-id"], r["corpus-id"]) for r in _tsv(qrels) if float(r.get("score", 1)) > 0]
-    wanted_q = {q for q, _ in pairs}
-    wanted_d = {d for _, d in pairs}
-    queries, docs = {}, {}
-    with (root / "queries.jsonl").open() as f:
-        for line in f:
-            obj = json.loads(line)
-            if obj["_id"] in wanted_q:
-                queries[obj["_id"]] = obj["text"]
-    with (root / "corpus.jsonl").open() as f:
-        for line in f:
-            obj = json.loads(line)
-            if obj["_id"] in wanted_d:
-                title = obj.get("title") or ""
-                docs[obj["_id"]] = f"{title} {obj['text']}".strip()
-    for q, d in pairs:
-        if q in queries and d in docs:
-            yield queries[q], docs[d], []
+    data = read_beir(ds.path, ds.split)
+    for qid, docs in data["relevant_docs"].items():
+        for did, score in docs.items():
+            if score > 0:  # BEIR qrels may list judged-irrelevant documents (score 0)
+                yield data["queries"][qid], document_text(data["corpus"][did]), []
 
 
 def _sts(ds: LabeledDatasetConfig) -> Iterator[tuple[str, str, list[str]]]:
-    for rec in _tsv(Path(ds.path)):
-        _need(rec, ("sentence1", "sentence2", "score"), Path(ds.path))
-        if float(rec["score"]) >= ds.score_threshold:
+    for rec in read_sts_file(ds.path):
+        if rec["score"] >= ds.score_threshold:
             yield rec["sentence1"], rec["sentence2"], []
 
 
 def _pairs(ds: LabeledDatasetConfig) -> Iterator[tuple[str, str, list[str]]]:
-    for rec in _tsv(Path(ds.path)):
-        _need(rec, ("sentence1", "sentence2", "label"), Path(ds.path))
-        if str(rec["label"]).strip() == "1":
+    for rec in read_pairs(ds.path):
+        if rec["label"] == 1:
             yield rec["sentence1"], rec["sentence2"], []
 
 
 def _classification(ds: LabeledDatasetConfig, rng: random.Random) -> Iterator[tuple[str, str, list[str]]]:
-    records = list(_tsv(Path(ds.path)))
-    if records:
-        _need(records[0], ("text", "label"), Path(ds.path))
+    records = read_classification_file(ds.path)
     labels = sorted({r["label"] for r in records})
     if len(labels) < 2:
-        raise ValueError(f"{ds.path}: a classification set needs at least two labels, found {labels}")
+        raise FormatError(f"{ds.path}: a classification set needs at least two labels, found {labels}")
     for rec in records:
         others = [lab for lab in labels if lab != rec["label"]]
         # Labels become readable text ("card_arrival" → "card arrival") since they are encoded as documents.

@@ -15,6 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
+from pydantic import BaseModel, Field
+
+from embedforge.config.base import ConfigError
 from embedforge.config.generate import GenerateConfig, TeacherConfig
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
 from embedforge.generate.taxonomy import (
@@ -30,7 +33,48 @@ from embedforge.generate.taxonomy import (
 )
 from embedforge.generate.teachers import LocalTeacherServer, TeacherError, limits_actor, preflight
 from embedforge.generate.validation import Deduper, dedupe_keys
-from embedforge.config.base import ConfigError
+
+
+class SessionThroughput(BaseModel):
+    attempts: int
+    wall_s: float
+    completion_tokens: int
+    completion_tokens_per_s: float
+    rows_per_min: float
+
+
+class GenerationSummary(BaseModel):
+    """The synthetic data of a run (also ``generate/summary.json``): what was kept, rejected, spent."""
+
+    rows: int
+    per_group: dict[str, int]
+    per_language: dict[str, int]
+    per_teacher: dict[str, int]
+    attempts: int
+    brainstorm_calls: int
+    rejects: dict[str, int]
+    tokens: dict[str, dict[str, dict[str, int]]]  # teacher -> group -> prompt / completion / calls
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cost_usd_per_teacher: dict[str, float]
+    this_session: SessionThroughput
+    targets: dict[str, int]
+    complete: bool
+    missing: dict[str, int] = Field(default_factory=dict)  # group -> rows still missing
+    fallback_tasks: list[str] = Field(default_factory=list)
+    teacher_checks: dict[str, dict] = Field(default_factory=dict)  # teacher -> its test completion
+    labeled: dict[str, int] = Field(default_factory=dict)
+
+
+class GenerateResult(BaseModel):
+    """What the generate stage produced: Parquet files under ``data_dir``."""
+
+    run_dir: str
+    data_dir: str
+    labeled: dict[str, int] = Field(default_factory=dict)  # labeled set name -> rows written
+    synthetic: GenerationSummary | None = None  # None when generate.num_rows is 0
+    summary_path: str | None = None
 
 
 class Committer:
@@ -217,7 +261,7 @@ def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, 
     return requests
 
 
-def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -> dict:
+def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -> GenerationSummary:
     """Synthetic rows until every group is full; ``ready``: teachers already checked (the pipeline
     checks them before it starts Ray), else this call starts and checks them itself."""
     if ready is None:
@@ -264,27 +308,24 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -
         if bar is not None:
             bar.close()
     prices = {t.name: (t.price_prompt_per_1k, t.price_completion_per_1k) for t in teachers}
-    summary = summarize(committer.records, prices, time.monotonic() - started, committer.session)
-    summary["targets"] = targets
-    summary["complete"] = not committer.missing()
-    summary["fallback_tasks"] = sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback"))
-    summary["teacher_checks"] = ready.checks
-    if committer.missing():
-        summary["missing"] = committer.missing()
-    return summary
+    counts = summarize(committer.records, prices, time.monotonic() - started, committer.session)
+    return GenerationSummary(
+        **counts, targets=targets, complete=not committer.missing(), missing=committer.missing(),
+        fallback_tasks=sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback")),
+        teacher_checks=ready.checks)
 
 
-def run(cfg, ready: ReadyTeachers | None = None) -> dict:
+def generate_data(cfg, ready: ReadyTeachers | None = None) -> GenerateResult:
+    """The generate stage: labeled sets, then synthetic rows (``ready``: teachers already checked)."""
     from embedforge.generate.labeled import write_labeled
 
     run_dir = Path(cfg.run.dir)
-    result: dict = {"run_dir": str(run_dir), "data_dir": str(run_dir / "data")}
+    result = GenerateResult(run_dir=str(run_dir), data_dir=str(run_dir / "data"))
     if cfg.generate.labeled:
-        result["labeled"] = write_labeled(cfg.generate.labeled, run_dir / "data", seed=cfg.run.seed)
+        result.labeled = write_labeled(cfg.generate.labeled, run_dir / "data", seed=cfg.run.seed)
     if cfg.generate.num_rows > 0:
         summary = generate_synthetic(cfg, run_dir, ready)
-        summary["labeled"] = result.get("labeled", {})
-        path = RunStore(run_dir).save_summary(summary)
-        result.update(summary)
-        result["summary_path"] = str(path)
+        summary.labeled = result.labeled
+        result.synthetic = summary
+        result.summary_path = str(RunStore(run_dir).save_summary(summary.model_dump(mode="json")))
     return result

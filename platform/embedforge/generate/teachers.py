@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from embedforge.config.base import ConfigError
 from embedforge.config.generate import LocalTeacherConfig, TeacherConfig
 from embedforge.ray_utils import free_port
-from embedforge.config.base import ConfigError
 
 
 class TeacherError(ConfigError):

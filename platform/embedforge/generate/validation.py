@@ -10,6 +10,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+from embedforge.formats import read_texts
 from embedforge.generate.taxonomy import Template
 from embedforge.schema import TrainingRow
 
@@ -214,26 +215,9 @@ class ContaminationIndex:
 
 
 def read_eval_texts(path: str | Path) -> list[str]:
-    """Every text of an evaluation file: .tsv (text-like columns), .jsonl (text/title/query fields), else lines."""
+    """Every text of an evaluation file (``formats.read_texts``: .tsv text columns, .jsonl text/title, else lines)."""
     path = Path(path)
     if not path.is_file():
+        # Named by its config key: the file list comes from the config, not from a data folder.
         raise FileNotFoundError(f"generate.contamination.eval_files: {str(path)!r} does not exist")
-    texts: list[str] = []
-    if path.suffix == ".jsonl":
-        with path.open() as f:
-            for line in f:
-                if line.strip():
-                    obj = json.loads(line)
-                    texts += [obj[k] for k in ("text", "title", "query") if isinstance(obj.get(k), str)]
-    elif path.suffix == ".tsv":
-        import csv
-
-        with path.open(newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, [])
-            text_cols = [i for i, h in enumerate(header) if h.lower() in ("text", "sentence", "sentence1", "sentence2", "query", "title")]
-            for rec in reader:
-                texts += [rec[i] for i in text_cols if i < len(rec)]
-    else:
-        texts = [line.rstrip("\n") for line in path.open()]
-    return [t for t in texts if t.strip()]
+    return read_texts(path)

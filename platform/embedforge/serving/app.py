@@ -1,6 +1,6 @@
 """The Ray Serve application: a FastAPI-ingress deployment built by ``build_app(cfg)``.
 
-``embedforge serve`` (``runner.run``) and the pipeline's smoke test call it with the loaded root config;
+``embedforge serve`` (``runner.serve_endpoint``) and the pipeline's smoke test call it with the loaded root config;
 ``serve run serve/config.yaml`` / ``serve deploy`` go through ``embedforge.deploy.build_app``, which
 turns the YAML's ``args`` into that config first. Only the ``model`` and ``serve`` sections (and
 ``run.resource_check``) are read here.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+
 from ray import serve
 from ray.serve import Application
 

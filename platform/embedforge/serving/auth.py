@@ -25,11 +25,12 @@ def _split_keys(text: str) -> list[str]:
     return keys
 
 
-def load_key_digests(env_var: str | None, key_file: str | None, environ=None) -> list[str]:
-    """Digests of every key in ``$env_var`` (comma/newline separated) and ``key_file`` (one per line).
+def load_keys(env_var: str | None, key_file: str | None, environ=None) -> list[str]:
+    """Every key in ``$env_var`` (comma/newline separated) and ``key_file`` (one per line), in order.
 
-    An empty result means the endpoint runs without auth. A named key file that is missing is an error
-    (a typo there must not silently open the endpoint).
+    Only the app builder and a client that must present a key (the pipeline's smoke test) call this;
+    replicas get ``load_key_digests``. A named key file that is missing is an error (a typo there must
+    not silently open the endpoint).
     """
     environ = os.environ if environ is None else environ
     keys: list[str] = []
@@ -40,7 +41,12 @@ def load_key_digests(env_var: str | None, key_file: str | None, environ=None) ->
         if not path.is_file():
             raise FileNotFoundError(f"serve.api_key_file {key_file!r} does not exist")
         keys += _split_keys(path.read_text())
-    return sorted({digest(k) for k in keys})
+    return keys
+
+
+def load_key_digests(env_var: str | None, key_file: str | None, environ=None) -> list[str]:
+    """SHA-256 digests of ``load_keys``; an empty result means the endpoint runs without auth."""
+    return sorted({digest(k) for k in load_keys(env_var, key_file, environ)})
 
 
 def bearer_token(authorization: str | None) -> str | None:

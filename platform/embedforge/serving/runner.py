@@ -6,8 +6,16 @@ import os
 import signal
 import threading
 
+from pydantic import BaseModel
 
-def run(cfg, block: bool = True) -> dict:
+
+class ServeInfo(BaseModel):
+    url: str  # the OpenAI-compatible base URL (ends in /v1)
+    model: str  # the name clients send as "model"
+    app: str  # the Ray Serve application name
+
+
+def serve_endpoint(cfg, block: bool = True) -> ServeInfo:
     from ray import serve
 
     from embedforge.ray_utils import init_ray, serve_ingress_env
@@ -25,7 +33,7 @@ def run(cfg, block: bool = True) -> dict:
     prefix = cfg.serve.route_prefix.rstrip("/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{prefix}/v1"
     print(f"embedforge: serving {served_model_name(cfg)!r} at {url} (Ctrl-C stops)", flush=True)
-    info = {"url": url, "model": served_model_name(cfg), "app": cfg.serve.app_name}
+    info = ServeInfo(url=url, model=served_model_name(cfg), app=cfg.serve.app_name)
     if not block:
         return info
     stop = threading.Event()

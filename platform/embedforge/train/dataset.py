@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from embedforge.config.train import TrainConfig
 from embedforge.train.batching import (
     REQUIRED_COLUMNS,
     mix_counts,
@@ -20,7 +21,6 @@ from embedforge.train.batching import (
     row_problem,
     tokenize_rows,
 )
-from embedforge.config.train import TrainConfig
 
 
 class DataError(ValueError):
@@ -88,12 +88,14 @@ def read_valid_rows(path: str, key: str):
 
 
 def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int,
-                  mining_model=None, instructions: bool = True):
+                  mining_model=None, instructions: bool = True, resource_check: str = "fail",
+                  *, lengths: tuple[int, int]):
     """(materialized dataset of global-batch records sorted by step order, summary dict).
 
     ``mining_model``: the model section hard negatives are mined with (``train.mining.mining_spec``;
     needed when ``train.mine_negatives``). ``instructions`` is ``model.instructions``: False tokenizes
-    (and mines) queries without their task.
+    (and mines) queries without their task. ``lengths``: (query, passage) token limits, from the root
+    config's ``training_lengths()``.
     """
 
     sources = source_paths(train, run_dir)
@@ -121,12 +123,13 @@ def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: 
         if mining_model is None:
             raise ValueError("build_batches: train.mine_negatives needs the mining model (mining_spec)")
         mined = mine_hard_negatives(mixed.to_pandas(), mining_model, train.mining_top_k,
-                                    max(1, train.negatives_per_query), seed, instructions=instructions)
+                                    max(1, train.negatives_per_query), seed, instructions=instructions,
+                                    resource_check=resource_check)
         mixed = ray.data.from_pandas(mined)
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",
-        fn_kwargs={"tokenizer_path": tokenizer_path, "query_max_length": train.query_max_length,
-                   "passage_max_length": train.passage_max_length, "instructions": instructions},
+        fn_kwargs={"tokenizer_path": tokenizer_path, "query_max_length": lengths[0],
+                   "passage_max_length": lengths[1], "instructions": instructions},
     )
     batches = tokenized.groupby("group").map_groups(
         plan_frame, batch_format="pandas",

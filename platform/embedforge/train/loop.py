@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, Field
 
-from embedforge.train.batching import count_tokens, worker_slice
 from embedforge.config.train import TrainConfig
+from embedforge.train.batching import count_tokens, worker_slice
 
 CHECKPOINT_TAG = "state"
 PROGRESS_FILE = "progress.json"
@@ -38,6 +39,19 @@ def _global_sum(x: float) -> float:
     return float(t.item())
 
 
+class WorkerPlan(BaseModel):
+    """What every training worker receives (Ray Train's ``train_loop_config``, as JSON-safe data)."""
+
+    train: TrainConfig
+    backbone_path: str
+    out_dir: str
+    total_steps: int = Field(ge=1)
+    pooling: str
+    normalize: bool
+    max_length: int  # the exported sentence-transformers model's max_seq_length (model.max_length)
+    prompts: dict[str, str]  # task name -> instruction, the exported model's prompts ({}: none)
+
+
 def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
@@ -46,19 +60,20 @@ def train_loop_per_worker(config: dict) -> None:
     from embedforge.train.engine import init_engine, train_step
     from embedforge.train.model import gathered_lora_state_dict, load_lora_model, save_adapter
 
-    train = TrainConfig(**config["train"])
+    plan = WorkerPlan.model_validate(config)
+    train = plan.train
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     if world_size != train.num_workers:
         raise RuntimeError(f"expected {train.num_workers} workers, got {world_size}")
     deepspeed.init_distributed(dist_backend="nccl" if train.use_gpu else "gloo")
-    out_dir = Path(config["out_dir"])
+    out_dir = Path(plan.out_dir)
     from embedforge.models import load_tokenizer
 
-    tokenizer = load_tokenizer(config["backbone_path"])
+    tokenizer = load_tokenizer(plan.backbone_path)
     pad = pad_token_id(tokenizer)
-    model = load_lora_model(config["backbone_path"], train.lora, "float32", train.gradient_checkpointing)
-    total_steps = int(config["total_steps"])
+    model = load_lora_model(plan.backbone_path, train.lora, "float32", train.gradient_checkpointing)
+    total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
 
     start_step = 0
@@ -83,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
             _check_aligned(record["order"])
             local = worker_slice(record, rank, world_size)
             t0 = time.perf_counter()
-            metrics = train_step(engine, local, pad, train, pooling=config["pooling"])
+            metrics = train_step(engine, local, pad, train, pooling=plan.pooling)
             seconds = time.perf_counter() - t0
             step += 1
             tokens = _global_sum(count_tokens(local))
@@ -107,9 +122,9 @@ def train_loop_per_worker(config: dict) -> None:
         from embedforge.train.model import save_merged, save_sentence_transformers
 
         adapter = save_adapter(engine.module, state, out_dir / "adapter")
-        merged = save_merged(config["backbone_path"], adapter, out_dir / "merged")
-        save_sentence_transformers(merged, out_dir / "sentence_transformers", config["max_length"],
-                                   config.get("instructions", {}), pooling=config["pooling"],
-                                   normalize=config["normalize"])
+        merged = save_merged(plan.backbone_path, adapter, out_dir / "merged")
+        save_sentence_transformers(merged, out_dir / "sentence_transformers", plan.max_length,
+                                   plan.prompts, pooling=plan.pooling,
+                                   normalize=plan.normalize)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

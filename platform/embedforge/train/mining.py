@@ -54,14 +54,16 @@ def mining_spec(model, mining_model: str | None = None) -> EmbedderSpec:
     return EmbedderSpec.of(model, backbone=mining_model or model.backbone, adapter=None, device="cpu")
 
 
-def _embed(texts: list[str], instructions: list[str], model, replicas: int) -> np.ndarray:
+def _embed(texts: list[str], instructions: list[str], model, replicas: int, resource_check: str) -> np.ndarray:
     # One CPU per actor: mining runs before training, on whatever the cluster has.
-    return encode_on_pool(model, texts, instructions, num_actors=replicas, cpus_per_actor=1.0, batch_size=64)
+    return encode_on_pool(model, texts, instructions, num_actors=replicas, cpus_per_actor=1.0, batch_size=64,
+                          stage="mining", settings="1 CPU each, for train.mine_negatives",
+                          resource_check=resource_check)
 
 
 def mine_hard_negatives(
     rows: pd.DataFrame, model, top_k: int = 100, num_negatives: int = 1, seed: int = 0,
-    replicas: int = 1, instructions: bool = True,
+    replicas: int = 1, instructions: bool = True, resource_check: str = "fail",
 ) -> pd.DataFrame:
     """``rows`` with ``negatives`` filled for the rows that had none; other rows are untouched.
 
@@ -76,9 +78,9 @@ def mine_hard_negatives(
     if not need:
         return rows
     corpus = sorted({*rows["positive"].tolist(), *(d for n in negs for d in n)})
-    corpus_vecs = _embed(corpus, [""] * len(corpus), model, replicas)
+    corpus_vecs = _embed(corpus, [""] * len(corpus), model, replicas, resource_check)
     query_tasks = [(rows["task"][i] or "") if instructions else "" for i in need]
-    query_vecs = _embed([rows["query"][i] for i in need], query_tasks, model, replicas)
+    query_vecs = _embed([rows["query"][i] for i in need], query_tasks, model, replicas, resource_check)
     # A query's positives: every positive paired with the same query text anywhere in the data.
     positives_of: dict[str, set[str]] = {}
     for q, p in zip(rows["query"], rows["positive"], strict=True):

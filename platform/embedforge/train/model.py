@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from embedforge.models import DTYPES, load_tokenizer
-from embedforge.prompts import QUERY_TEMPLATE
 from embedforge.config.train import LoraSettings
+from embedforge.models import DTYPES, load_tokenizer
+from embedforge.pooling import SENTENCE_TRANSFORMERS_MODES
+from embedforge.prompts import QUERY_TEMPLATE
 
 
 def linear_module_names(model) -> list[str]:
@@ -148,16 +149,14 @@ def query_prompts(instructions: dict[str, str]) -> dict[str, str]:
 
 
 # embedforge pooling name -> sentence-transformers pooling_mode (both weight positions 1..n for weighted_mean).
-ST_POOLING_MODES = {"last_token": "lasttoken", "mean": "mean", "weighted_mean": "weightedmean"}
-
-
 def save_sentence_transformers(
     merged_dir: str | Path, out_dir: str | Path, max_length: int, instructions: dict[str, str],
     pooling: str = "last_token", normalize: bool = True,
 ) -> Path:
     """A sentence-transformers directory: Transformer -> Pooling (the model's) -> Normalize."""
-    if pooling not in ST_POOLING_MODES:
-        raise ValueError(f"pooling {pooling!r} has no sentence-transformers export; allowed: {sorted(ST_POOLING_MODES)}")
+    if pooling not in SENTENCE_TRANSFORMERS_MODES:
+        raise ValueError(f"pooling {pooling!r} has no sentence-transformers export; "
+                         f"allowed: {sorted(SENTENCE_TRANSFORMERS_MODES)}")
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -181,7 +180,7 @@ def save_sentence_transformers(
     prompts = query_prompts(instructions)
     try:
         transformer = Transformer(str(work), max_seq_length=max_length)
-        pool = Pooling(transformer.get_embedding_dimension(), pooling_mode=ST_POOLING_MODES[pooling])
+        pool = Pooling(transformer.get_embedding_dimension(), pooling_mode=SENTENCE_TRANSFORMERS_MODES[pooling])
         modules = [transformer, pool, Normalize()] if normalize else [transformer, pool]
         st = SentenceTransformer(modules=modules, prompts=prompts, device="cpu")
         st.save(str(out_dir))

@@ -8,8 +8,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 from embedforge.config.train import TrainConfig
+
+
+class TrainResult(BaseModel):
+    """What a training run wrote under ``<run>/train`` (also ``train/summary.json``)."""
+
+    sources: list[dict[str, Any]]  # per data source: path, rows read, valid rows
+    mixed_rows: int
+    steps_per_epoch: int
+    total_steps: int
+    final_metrics: dict[str, Any] = Field(default_factory=dict)  # the last step's reported metrics
+    checkpoint: str | None
+    adapter: str
+    merged: str
+    sentence_transformers: str
+    metrics: str  # metrics.jsonl, one line per optimizer step
+    loss_curve: str
 
 
 def validate_before_training(cfg) -> str:
@@ -64,13 +83,13 @@ def plot_loss_curve(metrics_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg) -> dict:
+def train_model(cfg) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from embedforge.ray_utils import check_capacity, format_resources, init_ray
     from embedforge.train.dataset import build_batches
-    from embedforge.train.loop import train_loop_per_worker
+    from embedforge.train.loop import WorkerPlan, train_loop_per_worker
     from embedforge.train.mining import mining_spec
 
     train = cfg.train
@@ -89,21 +108,17 @@ def run(cfg) -> dict:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed,
                                      mining_spec(cfg.model, train.mining_model),
-                                     instructions=cfg.model.instructions)
+                                     instructions=cfg.model.instructions, resource_check=cfg.run.resource_check,
+                                     lengths=cfg.training_lengths())
     steps = total_steps(train, summary["steps_per_epoch"])
     storage = Path(train.storage_path).resolve() if train.storage_path else run_dir / "ray_train"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "train": train.model_dump(mode="json"),
-            "backbone_path": backbone_path,
-            "out_dir": str(out_dir),
-            "total_steps": steps,
-            "pooling": cfg.model.pooling,
-            "normalize": cfg.model.normalize,
-            "max_length": cfg.model.max_length,
-            "instructions": export_instructions(cfg.model),
-        },
+        train_loop_config=WorkerPlan(
+            train=train, backbone_path=backbone_path, out_dir=str(out_dir), total_steps=steps,
+            pooling=cfg.model.pooling, normalize=cfg.model.normalize, max_length=cfg.model.max_length,
+            prompts=export_instructions(cfg.model),
+        ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker}),
         run_config=RunConfig(name=f"{cfg.run.name}-train", storage_path=str(storage),
@@ -117,9 +132,10 @@ def run(cfg) -> dict:
     metrics_path = out_dir / "metrics.jsonl"
     if metrics_path.is_file():
         plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
-    summary.update(
+    done = TrainResult(
+        **summary,
         total_steps=steps,
-        final_metrics=result.metrics,
+        final_metrics=json.loads(json.dumps(result.metrics or {}, default=str)),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         adapter=str(out_dir / "adapter"),
         merged=str(out_dir / "merged"),
@@ -127,5 +143,5 @@ def run(cfg) -> dict:
         metrics=str(metrics_path),
         loss_curve=str(out_dir / "loss_curve.png"),
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    (out_dir / "summary.json").write_text(done.model_dump_json(indent=2))
+    return done

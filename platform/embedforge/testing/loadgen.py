@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from embedforge.formats import read_sts_file
+
 MAX_REQUESTS = 100_000
 MAX_SECONDS = 3600.0
 MAX_CONCURRENCY = 256
@@ -127,14 +129,7 @@ async def run_load(url: str, payloads: list[dict], concurrency: int = 8, max_req
 
 def stsb_batches(path: str, per_request: int, count: int) -> list[list[str]]:
     """``count`` lists of ``per_request`` sentences from an STSB TSV (both columns), in file order."""
-    sentences: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh):
-            parts = line.rstrip("\n").split("\t")
-            if n == 0 and parts[:2] == ["sentence1", "sentence2"]:
-                continue
-            if len(parts) >= 2:
-                sentences.extend(p for p in parts[:2] if p.strip())
+    sentences = [s for r in read_sts_file(path) for s in (r["sentence1"], r["sentence2"]) if s.strip()]
     if len(sentences) < per_request:
         raise ValueError(f"{path} holds only {len(sentences)} sentences")
     out = []

@@ -1,10 +1,13 @@
-"""Tiny random models and a tokenizer built in memory, for unit tests that need no real weights."""
+"""Helpers for tests and benchmarks only; no product module imports this package.
+
+Here: tiny random models and a tokenizer built in memory, for unit tests that need no real weights.
+Beside it: ``fault_proxy`` (an HTTP proxy injecting 429 / 500 / hangs in front of a teacher) and
+``loadgen`` (a loopback-only load generator for ``/v1/embeddings``, used by the benchmarks).
+"""
 
 from __future__ import annotations
 
 import string
-
-import torch
 
 TINY_VOCAB = ["<pad>", "<s>", "</s>", "<unk>"] + list(string.ascii_lowercase + string.digits + " .,:?!\n'-")
 
@@ -26,6 +29,7 @@ def tiny_tokenizer():
 
 def tiny_model(arch: str = "llama", hidden_size: int = 32, layers: int = 2, seed: int = 0, vocab_size: int | None = None):
     """A randomly initialised decoder (no LM head) of the given architecture, in float32."""
+    import torch
     from transformers import AutoModel, LlamaConfig, MistralConfig
 
     vocab_size = vocab_size or len(TINY_VOCAB)

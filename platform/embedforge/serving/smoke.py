@@ -1,0 +1,57 @@
+"""The pipeline's serve stage: the tuned model behind the real endpoint, one request through the official
+``openai`` client, its vectors checked against the same model loaded offline."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+# The served vectors must equal the offline ones (same loader, same weights) up to float noise.
+MIN_COSINE = 0.9999
+
+
+class ServeSmokeResult(BaseModel):
+    model: str
+    inputs: int
+    dim: int
+    prompt_tokens: int
+    min_cosine_vs_offline: float
+    latency_s: float
+
+
+def smoke_test(cfg, app_name: str, route_prefix: str = "/smoke") -> ServeSmokeResult:
+    """Serve ``cfg`` (a root config) on a free loopback port under ``app_name``, ask, compare, remove it."""
+    import numpy as np
+    from openai import OpenAI
+    from ray import serve
+
+    from embedforge.embedders import load_embedder
+    from embedforge.ray_utils import free_port
+    from embedforge.serving.app import build_app, check_replicas_fit, served_model_name
+    from embedforge.serving.auth import load_keys
+
+    port = free_port()
+    app = build_app(cfg)
+    check_replicas_fit(cfg)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app, name=app_name, route_prefix=route_prefix, blocking=False)
+    try:
+        # The endpoint keeps auth on when keys are configured: the client presents the first one.
+        keys = load_keys(cfg.serve.api_key_env, cfg.serve.api_key_file)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}{route_prefix}/v1", api_key=keys[0] if keys else "no-key",
+                        max_retries=3)
+        texts = ["A man is playing a guitar.", "Someone plays an instrument."]
+        t0 = time.time()
+        resp = client.embeddings.create(model=served_model_name(cfg), input=texts)
+        latency = time.time() - t0
+        served = np.array([d.embedding for d in resp.data], dtype=np.float32)
+        offline = load_embedder(cfg.model).encode(texts)
+        cos = float(min((served * offline).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(offline, axis=1))))
+        if cos < MIN_COSINE:
+            raise RuntimeError(f"served vectors differ from the offline encoder (min cosine {cos:.6f})")
+        return ServeSmokeResult(model=cfg.model.backbone, inputs=len(texts), dim=int(served.shape[1]),
+                                prompt_tokens=resp.usage.prompt_tokens, min_cosine_vs_offline=cos,
+                                latency_s=round(latency, 3))
+    finally:
+        serve.delete(app_name)

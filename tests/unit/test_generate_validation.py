@@ -1,0 +1,111 @@
+"""generate/validation.py: teacher output checked and mapped to rows, brainstorms, dedupe, contamination."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embedforge.generate.taxonomy import load_template
+from embedforge.generate.validation import (
+    ContaminationIndex,
+    Deduper,
+    Rejected,
+    normalize,
+    parse_brainstorm,
+    read_eval_texts,
+    to_row,
+    validate_example,
+)
+from embedforge.schema import SYNTHETIC_GROUPS, TrainingRow
+from tests.unit.generate_samples import GOOD
+
+
+@pytest.mark.parametrize("group", SYNTHETIC_GROUPS)
+def test_good_outputs_map_to_the_shared_schema(group):
+    t = load_template(group)
+    fields = validate_example(json.dumps(GOOD[group]), t)
+    req = {"id": f"{group}-0000001", "task": "t", "language": "English"}
+    row = to_row(fields, t, req, "teacher-a", (10, 20))
+    assert isinstance(row, TrainingRow) and row.group == group and row.completion_tokens == 20
+    q, p, negs = {
+        "short_long": ("user_query", "positive_document", ["hard_negative_document"]),
+        "long_short": ("input_text", "label", ["misleading_label"]),
+        "short_short": ("input", "positive_document", []),
+        "long_long": ("input", "positive_document", []),
+        "sts": ("S1", "S2", ["S3"]),
+        "bitext": ("S1", "S2", ["S3"]),
+    }[group]
+    assert row.query == GOOD[group][q] and row.positive == GOOD[group][p]
+    assert row.negatives == [GOOD[group][k] for k in negs]
+
+
+def _reason(text, group="sts", **kw):
+    with pytest.raises(Rejected) as exc:
+        validate_example(text, load_template(group), **kw)
+    return exc.value.reason
+
+
+def test_bad_outputs_are_rejected_with_reasons():
+    assert _reason("not json at all") == "invalid_json"
+    assert _reason('{"S1": "a b", "S2": "c d"') == "invalid_json"
+    assert _reason("[1, 2]") == "invalid_json"
+    assert _reason('{"S1": "a", "S2": "b"}') == "missing_key"
+    assert _reason('{"S1": "a", "S2": "b", "S3": "c", "S4": "d"}') == "missing_key"
+    assert _reason('{"S1": "a", "S2": 5, "S3": "c"}') == "not_string"
+    assert _reason('{"S1": "a", "S2": "  ", "S3": "c"}') == "empty"
+    assert _reason('{"S1": "A man.", "S2": "a MAN", "S3": "c"}') == "same_text"
+    assert _reason('{"S1": ".3", "S2": "a man", "S3": "c"}') == "no_words"
+    assert _reason('{"input_text": "the text here is long enough", "label": "pos", "misleading_label": "Pos"}', "long_short") == "same_text"
+    assert _reason(json.dumps({**GOOD["short_long"], "positive_document": "too short"}), "short_long",
+                   min_words_long=5) == "too_short"
+
+
+def test_wrapped_json_is_accepted():
+    text = json.dumps(GOOD["sts"])
+    t = load_template("sts")
+    assert validate_example(f"```json\n{text}\n```", t)["S1"] == GOOD["sts"]["S1"]
+    assert validate_example(f"Sure! Here it is: {text} Hope this helps.", t)["S2"] == GOOD["sts"]["S2"]
+
+
+def test_brainstorm_keeps_distinct_tasks_of_three_or_more_words_and_rejects_bad_output():
+    assert parse_brainstorm('{"tasks": ["Retrieve news articles.", "Find similar legal cases."]}') == [
+        "Retrieve news articles.", "Find similar legal cases."]
+    assert parse_brainstorm('["Retrieve news articles.", "retrieve NEWS articles", "ok"]') == ["Retrieve news articles."]
+    for bad, reason in [('{"tasks": []}', "empty"), ("nonsense", "invalid_json"), ('{"tasks": [1]}', "not_string"),
+                        ('{"a": 1}', "missing_key")]:
+        with pytest.raises(Rejected) as exc:
+            parse_brainstorm(bad)
+        assert exc.value.reason == reason
+
+
+def test_dedupe_on_normalised_text():
+    d = Deduper()
+    assert d.add({"group": "sts", "query": "A man plays.", "positive": "Someone plays."})
+    assert not d.add({"group": "sts", "query": "a  MAN plays", "positive": "other"})
+    assert not d.add({"group": "short_long", "query": "new query", "positive": "someone PLAYS!"})
+    # classification positives are labels: repeating a label is not a duplicate
+    assert d.add({"group": "long_short", "query": "text one", "positive": "negative"})
+    assert d.add({"group": "long_short", "query": "text two", "positive": "negative"})
+    assert normalize("Ｃafé,  NOW!") == "café now"
+
+
+def test_contamination_matches_normalised_text_or_a_shared_ngram():
+    evals = ["A plane is taking off.", " ".join(f"w{i}" for i in range(30))]
+    idx = ContaminationIndex(evals, ngram=8)
+    assert idx.match("a PLANE is taking off") == "exact"
+    assert idx.match("prefix words " + " ".join(f"w{i}" for i in range(5, 14)) + " suffix") == "ngram"
+    assert idx.match("w1 w2 w3 w4 w5 w6 w7") is None  # shorter than the n-gram
+    assert idx.match("A plane is landing.") is None
+    assert idx.check_row({"query": "x", "positive": "y", "negatives": ["a plane is taking off"]}) == "negative exact"
+
+
+def test_real_eval_files_read_into_texts_the_index_matches_and_a_missing_one_names_eval_files(shared_data):
+    texts = read_eval_texts(shared_data / "stsb" / "test.tsv")
+    assert len(texts) > 2000
+    idx = ContaminationIndex(texts)
+    assert idx.match(texts[5]) == "exact"
+    scifact = read_eval_texts(shared_data / "scifact" / "queries.jsonl")
+    assert len(scifact) > 1000
+    with pytest.raises(FileNotFoundError, match="eval_files"):
+        read_eval_texts(shared_data / "nope.tsv")
