@@ -92,7 +92,7 @@ def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
         "overrides": list(overrides),
         "model": {"backbone": model_dir, "max_length": 512, "batch_tokens": 16384},
         "serve": {"model_name": "minilm", "port": port, "max_batch_tokens": 16384, "batch_wait_timeout_s": 0.005,
-                  "api_key_env": "", "access_log": False, "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                  "api_key_env": "", "allow_anonymous": True, "access_log": False, "autoscaling": {"min_replicas": 1, "max_replicas": 1},
                   "ray_actor_options": {"num_cpus": 1}},
     })
     # Raylet starts workers at niceness 15 by default; the replica (and proxy) would then lose every CPU

@@ -28,10 +28,38 @@ def task_type_of(task_name: str) -> str | None:
     return None
 
 
+# Aggregate tasks mteb scores as their subtasks: a subtask takes its aggregate's instruction.
+SUBTASKS = {
+    "CQADupstackRetrieval": tuple(f"CQADupstack{forum}Retrieval" for forum in (
+        "Android", "English", "Gaming", "Gis", "Mathematica", "Physics", "Programmers", "Stats", "Tex", "Unix",
+        "Webmasters", "Wordpress")),
+}
+
+
+def aggregate_of(task_name: str) -> str | None:
+    return next((agg for agg, subs in SUBTASKS.items() if task_name in subs), None)
+
+
+def named_instructions() -> dict[str, str]:
+    """Task name -> instruction for every task the table names, aggregates' subtasks included (what the
+    exported sentence-transformers ``prompts`` hold)."""
+    out: dict[str, str] = {}
+    for tasks in instruction_table().values():
+        out.update({name: text for name, text in tasks.items() if name != "*"})
+    for agg, subs in SUBTASKS.items():
+        out.update({sub: out[agg] for sub in subs if agg in out})
+    return out
+
+
 def instruction_for(task_name: str, task_type: str | None = None, overrides: dict[str, str] | None = None) -> str:
-    """The instruction for a task; ``overrides`` (from config) win; an unknown task is an error."""
+    """The instruction for a task; ``overrides`` (from config) win; a subtask takes its aggregate's; an
+    unknown task is an error."""
     if overrides and task_name in overrides:
         return overrides[task_name]
+    if aggregate_of(task_name):
+        task_name = aggregate_of(task_name)
+        if overrides and task_name in overrides:
+            return overrides[task_name]
     table = instruction_table()
     for tasks in table.values():
         if task_name in tasks:

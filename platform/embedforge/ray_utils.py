@@ -48,6 +48,9 @@ def serve_haproxy_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # A client connection idle this long is closed (Ray's default is 3,600 s). The replica's own
+        # guard bounds a request's body at serve.request_timeout_s; this bounds idle keep-alive sockets.
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
     }
 
 
@@ -116,7 +119,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         modules.append(package_dir())
     runtime_env["py_modules"] = modules
     env_vars = dict(runtime_env.get("env_vars", {}))
-    for var in ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    # THP_MEM_ALLOC_ENABLE: set by importing embedforge (see embedforge/__init__.py); passed on so that a
+    # worker has it from its first tensor, before it imports embedforge.
+    for var in ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "THP_MEM_ALLOC_ENABLE"):
         if var in os.environ:
             env_vars.setdefault(var, os.environ[var])
     runtime_env["env_vars"] = env_vars

@@ -42,7 +42,8 @@ def serving_vectors(cfg, instruction: str | None) -> np.ndarray:
 def mining_vectors(cfg, instruction: str | None) -> np.ndarray:
     from embedforge.train import mining
 
-    return mining._embed(TEXTS, [instruction or ""] * len(TEXTS), mining.mining_spec(cfg.model), replicas=1)
+    return mining._embed(TEXTS, [instruction or ""] * len(TEXTS), mining.mining_spec(cfg.model), replicas=1,
+                         resource_check="fail")
 
 
 @pytest.mark.parametrize("backbone", ["smollm2", "minilm"])

@@ -14,7 +14,7 @@ def test_job_submit_needs_the_token(ray_cluster, tmp_path):
     (tmp_path / "hello.py").write_text("import ray\nray.init()\nprint('CPUS', int(ray.cluster_resources()['CPU']))\n")
     ok = _ray(["job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", ".", "--", "python", "hello.py"],
               ray_cluster["env"], tmp_path)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
     assert "CPUS 2" in ok.stdout
     env = {k: v for k, v in ray_cluster["env"].items() if not k.startswith("RAY_AUTH")}
     refused = _ray(["job", "list", "--address", ray_cluster["dashboard"]], env, tmp_path, timeout=120)

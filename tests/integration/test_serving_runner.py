@@ -27,6 +27,7 @@ def test_runner_serves_and_exports_counters(ray_cluster, minilm_dir):
     port = free_port()
     cfg = load_config(None, [f"model.backbone={minilm_dir}", "model.max_length=257", f"serve.port={port}",
                              "serve.app_name=ef-runner-test", "serve.model_name=minilm-runner", "serve.api_key_env=",
+                             "serve.allow_anonymous=true",
                              "serve.ray_actor_options.num_cpus=0.5", "serve.torch_threads=1"])
     try:
         info = runner.serve_endpoint(cfg, block=False)

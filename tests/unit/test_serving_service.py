@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -198,14 +200,69 @@ def test_models_lists_the_served_model_and_health_is_ok(client, encoder):
     assert h.status_code == 200 and h.json()["status"] == "ok"
 
 
-def test_health_is_503_when_the_model_cannot_encode(encoder):
+def test_health_reports_the_last_periodic_check_and_readiness_encodes(encoder):
+    import asyncio
+
     client, service = make_client(encoder)
+    assert client.get("/v1/ready").json()["status"] == "ok"
 
     def broken(*args, **kwargs):
         raise RuntimeError("weights gone")
 
     service.encoder.encode = broken
-    assert_openai_error(client.get("/health"), 503)
+    assert_openai_error(client.get("/v1/ready"), 503)  # readiness runs a real encode
+    with pytest.raises(RuntimeError, match="weights gone"):
+        asyncio.run(service.check_health())  # what Ray Serve calls every health_check_period_s
+    err = assert_openai_error(client.get("/health"), 503)
+    assert "weights gone" in err["message"]
+
+
+def test_health_does_no_model_work_however_often_it_is_called(encoder):
+    client, service = make_client(encoder, keys=[KEY])
+    calls = []
+    real = service.encoder.encode
+    service.encoder.encode = lambda *a, **k: calls.append(1) or real(*a, **k)
+    for _ in range(50):
+        assert client.get("/health").status_code == 200
+    assert calls == []
+
+
+def _post_raw(client, text: str, key: str | None = None):
+    """A JSON body with \\u escapes, as any client may send: lone surrogates included."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return client.post("/v1/embeddings", content=text.encode("ascii"), headers=headers)
+
+
+@pytest.mark.parametrize("body", [
+    '{"model": "tiny", "input": "a\\ud800b"}',
+    '{"model": "tiny", "input": ["fine", "\\udfff"]}',
+    '{"model": "tiny", "input": "fine", "instruction": "x\\ud83d"}',
+    '{"model": "\\ud800", "input": "fine"}',
+])
+def test_a_lone_surrogate_anywhere_is_400_naming_the_field(client, body):
+    err = assert_openai_error(_post_raw(client, body), 400)
+    assert err["code"] == "invalid_text" and "surrogate" in err["message"]
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t\n  ", "\x00", " \x00 \x00"])
+def test_whitespace_or_nul_only_input_is_as_empty_as_the_empty_string(client, text):
+    err = assert_openai_error(embed(client, input=["fine", text]), 400, "input")
+    assert err["code"] == "empty_input" and "input[1]" in err["message"]
+
+
+def test_inputs_over_the_character_limit_are_refused_before_tokenising(encoder):
+    client, service = make_client(encoder, max_input_chars=200)
+    tokenized = []
+    real = service.tokenizer.__call__
+    service.tokenizer = type("Spy", (), {"__call__": lambda self, texts, **k: tokenized.append(texts) or real(texts, **k),
+                                         "__getattr__": lambda self, name: getattr(encoder.tokenizer, name)})()
+    err = assert_openai_error(embed(client, input=["short", "word " * 100]), 400, "input")
+    assert err["code"] == "context_length_exceeded" and "serve.max_input_chars" in err["message"]
+    assert tokenized == []
+    cut, _ = make_client(encoder, max_input_chars=200, truncate=True)
+    ok = embed(cut, input=["word " * 100])
+    assert ok.status_code == 200
+    np.testing.assert_allclose(vectors(ok), encoder.encode(["word " * 100]), atol=1e-5)
 
 
 def test_metrics_count_requests_by_status_and_inputs_and_tokens_of_successes(encoder):
@@ -222,21 +279,24 @@ def test_openapi_schema_lists_the_routes(client):
     assert {"/v1/embeddings", "/v1/models", "/health"} <= set(paths)
 
 
+# Any string JSON can carry: surrogates (Cs), controls, whitespace, letters.
+ANY_TEXT = st.text(st.characters(categories=("Cs", "Cc", "Zs", "L", "N", "P")), max_size=30)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30) | ANY_TEXT,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )
 BODY = st.fixed_dictionaries(
     {},
     optional={
-        "input": JSON | st.text(max_size=80) | st.lists(st.text(max_size=40), max_size=20)
+        "input": JSON | st.text(max_size=80) | ANY_TEXT | st.lists(st.text(max_size=40) | ANY_TEXT, max_size=20)
         | st.lists(st.integers(-5, 200), max_size=40) | st.lists(st.lists(st.integers(-5, 200), max_size=40), max_size=5),
         "model": st.sampled_from([MODEL, "other"]) | JSON,
         "encoding_format": st.sampled_from(["float", "base64"]) | JSON,
         "dimensions": st.integers(-3, 100) | JSON,
         "user": st.text(max_size=10) | JSON,
-        "instruction": st.text(max_size=20) | JSON,
+        "instruction": st.text(max_size=20) | ANY_TEXT | JSON,
         "task": st.sampled_from(["SciFact", "STSBenchmark", "Banking77Classification", "nope"]) | JSON,
     },
 ) | JSON
@@ -245,7 +305,9 @@ BODY = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODY)
 def test_fuzzed_bodies_never_get_a_5xx_and_errors_keep_the_openai_shape(client, body):
-    r = client.post("/v1/embeddings", json=body)
+    # json.dumps escapes non-ASCII as \\uXXXX, so lone surrogates travel as any client could send them.
+    r = client.post("/v1/embeddings", content=json.dumps(body).encode("ascii"),
+                    headers={"Content-Type": "application/json"})
     assert r.status_code < 500, (body, r.text)
     if r.status_code != 200:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}

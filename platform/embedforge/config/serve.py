@@ -59,9 +59,18 @@ class ServeConfig(Section):
     forward_overhead_tokens: int = Field(64, ge=0)
     # Over-long inputs: false -> 400 naming the limit; true -> cut to model.max_length like offline encode.
     truncate: bool = False
-    # API keys (Bearer). Both empty or unset -> no auth. Keys are comma/newline separated.
+    # API keys (Bearer), comma/newline separated. Without any key the endpoint refuses to start unless
+    # allow_anonymous is true (then it serves anyone, and says so loudly at start-up).
     api_key_env: str = "EMBEDFORGE_API_KEYS"
     api_key_file: str | None = None
+    allow_anonymous: bool = False
+    # Checked before the app reads anything: a request body above this is 413; a body that has not fully
+    # arrived within request_timeout_s is 408 (slow clients cannot hold the replica's request slots).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(10.0, gt=0)
+    # Characters per input checked before tokenising (bounds the tokenizer's work); null: 32 per token of
+    # model.max_length (no real text averages more). Over it: 400, or cut there first when truncate.
+    max_input_chars: int | None = Field(None, ge=1)
     # Torch intra-op threads per replica; 0 -> every CPU the replica process may run on (its affinity
     # mask). Ray would otherwise leave torch at ray_actor_options.num_cpus threads (1 by default).
     torch_threads: int = Field(0, ge=0)

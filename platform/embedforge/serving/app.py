@@ -71,8 +71,11 @@ class EmbeddingDeployment:
         self.service = EmbeddingService(self.encoder, name, serve_cfg, key_digests,
                                         encode_chunk=self._encode_batch, metrics=self.metrics,
                                         instructions=model_cfg.instructions)
-        log.info("serving %s (dim %d, max_length %d, auth %s)", name, self.encoder.dim, self.encoder.max_length,
-                 "on" if key_digests else "off")
+        if key_digests:
+            log.info("serving %s (dim %d, max_length %d, auth on)", name, self.encoder.dim, self.encoder.max_length)
+        else:
+            log.warning("serving %s WITHOUT AUTHENTICATION (serve.allow_anonymous: true): anyone who reaches "
+                        "this endpoint can use it", name)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service)
@@ -137,10 +140,28 @@ def deployment_options(serve_cfg) -> dict:
     }
 
 
-def build_app(cfg) -> Application:
-    """The Serve application for a root config (its ``model`` and ``serve`` sections); API keys read here."""
-    from embedforge.serving.auth import load_key_digests
+def build_app(cfg, keys: list[str] | None = None) -> Application:
+    """The Serve application for a root config (its ``model`` and ``serve`` sections).
 
-    digests = load_key_digests(cfg.serve.api_key_env, cfg.serve.api_key_file)
+    API keys are read here, where the app is built (``keys`` given: those instead), and the replicas
+    receive their SHA-256 digests only. Without any key the app refuses to be built unless
+    ``serve.allow_anonymous`` is true.
+    """
+    from embedforge.config.base import ConfigError
+    from embedforge.serving.auth import digest, load_key_digests
+
+    if keys is None:
+        digests = load_key_digests(cfg.serve.api_key_env, cfg.serve.api_key_file)
+    else:
+        digests = sorted({digest(k) for k in keys})
+    if not digests and not cfg.serve.allow_anonymous:
+        where = f"${cfg.serve.api_key_env}" if cfg.serve.api_key_env else "no serve.api_key_env"
+        raise ConfigError(
+            f"serve: no API keys ({where}, serve.api_key_file: {cfg.serve.api_key_file or 'unset'}); the endpoint "
+            f"would answer anyone. Export {cfg.serve.api_key_env or 'EMBEDFORGE_API_KEYS'}=<key>[,<key>...] or "
+            "set serve.api_key_file, or set serve.allow_anonymous=true to serve without keys on purpose")
+    if not digests:
+        log.warning("serve.allow_anonymous is true: %s answers requests WITHOUT an API key. Keep it on a "
+                    "private network or loopback.", served_model_name(cfg))
     deployment = EmbeddingDeployment.options(**deployment_options(cfg.serve))
     return deployment.bind(cfg.model.model_dump(mode="json"), cfg.serve.model_dump(mode="json"), digests)

@@ -28,8 +28,7 @@ def _split_keys(text: str) -> list[str]:
 def load_keys(env_var: str | None, key_file: str | None, environ=None) -> list[str]:
     """Every key in ``$env_var`` (comma/newline separated) and ``key_file`` (one per line), in order.
 
-    Only the app builder and a client that must present a key (the pipeline's smoke test) call this;
-    replicas get ``load_key_digests``. A named key file that is missing is an error (a typo there must
+    Only the app builder reads plaintext keys; replicas get ``load_key_digests``. A named key file that is missing is an error (a typo there must
     not silently open the endpoint).
     """
     environ = os.environ if environ is None else environ

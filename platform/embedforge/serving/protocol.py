@@ -74,6 +74,35 @@ class ParsedInput(BaseModel):
         return len(self.texts if self.texts is not None else self.token_arrays or [])
 
 
+def check_encodable(value: str, field: str) -> None:
+    """A string JSON can carry but UTF-8 cannot (a lone surrogate, e.g. ``"\\ud800"``) is a 400 naming
+    the field and the position; the text itself is not echoed (it could not be written back)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"'{field}' holds a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X}) at "
+                            f"character {exc.start}; send valid Unicode text", field.split("[")[0],
+                       "invalid_text") from None
+
+
+def has_text(value: str) -> bool:
+    """Anything besides whitespace and NUL characters: an input without is as empty as ``""``."""
+    return bool(value.replace("\x00", "").strip())
+
+
+def check_request_strings(req: EmbeddingRequest) -> None:
+    """Every string field of a request is valid Unicode (checked first, so no later message or
+    log line has to write an unencodable string)."""
+    for field in ("model", "user", "instruction", "task"):
+        value = getattr(req, field)
+        if isinstance(value, str):
+            check_encodable(value, field)
+    inputs = [req.input] if isinstance(req.input, str) else req.input
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            check_encodable(item, f"input[{i}]")
+
+
 def parse_input(value, max_inputs: int) -> ParsedInput:
     """Normalise ``input`` and reject empty or too many inputs (400, naming ``input``)."""
     if isinstance(value, str):
@@ -90,8 +119,8 @@ def parse_input(value, max_inputs: int) -> ParsedInput:
                        "input", "too_many_inputs")
     if all(isinstance(v, str) for v in value):
         for i, text in enumerate(value):
-            if not text:
-                raise APIError(400, f"'input[{i}]' is an empty string; every input must hold text",
+            if not has_text(text):
+                raise APIError(400, f"'input[{i}]' is empty or only whitespace; every input must hold text",
                                "input", "empty_input")
         return ParsedInput(texts=list(value))
     if all(isinstance(v, list) for v in value):

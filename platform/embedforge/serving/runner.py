@@ -21,7 +21,11 @@ def serve_endpoint(cfg, block: bool = True) -> ServeInfo:
     from embedforge.ray_utils import init_ray, serve_ingress_env
     from embedforge.serving.app import build_app, check_replicas_fit, served_model_name
 
-    app = build_app(cfg)  # validates config and reads API keys before touching Ray
+    app = build_app(cfg)  # reads the API keys (as digests for the replicas) before touching Ray
+    # The plaintext keys leave this process's environment before Ray starts: every Ray process this call
+    # starts (raylet, workers, replicas, HAProxy) would otherwise inherit them.
+    if cfg.serve.api_key_env:
+        os.environ.pop(cfg.serve.api_key_env, None)
     # Ray starts its workers at niceness 15, so a replica would yield the CPU to any other process on the
     # machine. When this call starts the local Ray instance, the replica (the product) runs at normal
     # priority instead; a cluster started apart needs RAY_worker_niceness=0 in `ray start`'s environment.

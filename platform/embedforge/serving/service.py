@@ -3,7 +3,8 @@
 ``EmbeddingService`` turns a validated request into vectors: instruction resolution, tokenisation
 with the model's length limit, token-budget chunks handed to an ``encode_chunk`` coroutine (Ray's
 ``@serve.batch`` method in a replica; a direct thread call in tests), dimensions and encoding.
-``create_app`` wraps it in FastAPI with OpenAI's error shape and optional Bearer keys.
+``create_app`` wraps it in FastAPI with OpenAI's error shape, behind ``serving.guard.RequestGuard``
+(the API key from the headers, then the body within its size and time limits, before the app reads it).
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedforge.prompts import eos_token_id, format_query, tokenize_with_eos
-from embedforge.serving.auth import key_is_valid
 from embedforge.serving.batching import forward_groups, split_for_budget
+from embedforge.serving.guard import RequestGuard
 from embedforge.serving.metrics import CountingMetrics
 from embedforge.serving.protocol import (
     APIError,
     EmbeddingRequest,
     check_dimensions,
+    check_request_strings,
     check_token_ids,
     embeddings_response_json,
     error_body,
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 EncodeChunk = Callable[[list[list[int]]], Awaitable[np.ndarray]]
 HEALTH_TEXT = "embedforge health check"
+# No real text averages more characters per token; serve.max_input_chars defaults to this x max_length.
+MAX_CHARS_PER_TOKEN = 32
 
 
 def encode_chunks(encoder, chunks: Sequence[Sequence[Sequence[int]]], batch_tokens: int,
@@ -82,6 +85,10 @@ class EmbeddingService:
         self.created = int(time.time())
         self.encode_chunk = encode_chunk or self._encode_chunk_in_thread
         self._lock = asyncio.Lock()
+        self.max_input_chars = serve_cfg.max_input_chars or MAX_CHARS_PER_TOKEN * self.max_length
+        # The last periodic health check's failure (Ray Serve runs ``check_health``); /health reports it
+        # without doing model work itself.
+        self.health_error: str | None = None
 
     @property
     def auth_required(self) -> bool:
@@ -122,6 +129,17 @@ class EmbeddingService:
             ids = ids + [self.eos]
         return ids
 
+    def _bound_chars(self, text: str, index: int) -> str:
+        """The character limit, checked before the tokenizer sees the text (its work grows with length)."""
+        if len(text) <= self.max_input_chars:
+            return text
+        if not self.cfg.truncate:
+            raise APIError(400, f"'input[{index}]' is {len(text)} characters long; this model accepts at most "
+                                f"{self.max_length - 1} tokens per input, and texts over {self.max_input_chars} "
+                                "characters are refused before tokenising (serve.max_input_chars)",
+                           "input", "context_length_exceeded")
+        return text[: self.max_input_chars]  # still longer than max_length tokens: truncation cuts the rest
+
     def sequences_for(self, req: EmbeddingRequest) -> list[list[int]]:
         parsed = parse_input(req.input, self.cfg.max_inputs)
         instruction = self.resolve_instruction(req)
@@ -129,11 +147,13 @@ class EmbeddingService:
             if instruction:
                 raise APIError(400, "an instruction or task applies to text inputs only; send text, or tokenize "
                                     "'Instruct: ...\\nQuery: ...' yourself", "instruction", "instruction_with_tokens")
-            check_token_ids(parsed.token_arrays, self.vocab_size)
             limit = self.max_length - 1
-            return [self._fit(ids, i, lambda ids=ids: ids[:limit] + ([] if ids[limit - 1] == self.eos else [self.eos]))
-                    for i, ids in enumerate(parsed.token_arrays)]
-        texts = [format_query(t, instruction) for t in parsed.texts]
+            # Lengths first (cheap, and they bound the id check's work), then the ids that remain.
+            fitted = [self._fit(ids, i, lambda ids=ids: ids[:limit] + ([] if ids[limit - 1] == self.eos else [self.eos]))
+                      for i, ids in enumerate(parsed.token_arrays)]
+            check_token_ids(fitted, self.vocab_size)
+            return fitted
+        texts = [self._bound_chars(format_query(t, instruction), i) for i, t in enumerate(parsed.texts)]
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False,
                                  return_attention_mask=False)["input_ids"]
         return [
@@ -144,11 +164,13 @@ class EmbeddingService:
     # -- the endpoint ------------------------------------------------------------------------------
     async def embed(self, req: EmbeddingRequest) -> bytes:
         """The JSON body of the response to one valid request (raises ``APIError`` otherwise)."""
+        check_request_strings(req)
         if req.model != self.model_name:
             raise APIError(404, f"model {req.model!r} is not served here; this endpoint serves {self.model_name!r}",
                            "model", "model_not_found")
         check_dimensions(req.dimensions, self.dim)
-        sequences = self.sequences_for(req)
+        # Tokenising runs in a thread: a long request must not hold the event loop other requests need.
+        sequences = await asyncio.to_thread(self.sequences_for, req)
         vectors = await self.encode(sequences)
         vectors = truncate_dimensions(vectors, req.dimensions)
         tokens = sum(len(s) for s in sequences)
@@ -168,13 +190,19 @@ class EmbeddingService:
             {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "embedforge"}]}
 
     async def check_health(self, timeout_s: float = 30.0) -> None:
-        """A real tiny encode (bypassing the batch queue); raises when the model cannot embed."""
-        vec = await asyncio.wait_for(
-            asyncio.to_thread(self.encoder.encode, [HEALTH_TEXT], None, None, False), timeout_s)
-        if vec.shape != (1, self.dim) or not np.all(np.isfinite(vec)):
-            raise RuntimeError(f"health encode returned shape {vec.shape} with non-finite values")
-        if self.encoder.normalize and not math.isclose(float(np.linalg.norm(vec)), 1.0, abs_tol=1e-3):
-            raise RuntimeError("health encode returned a vector that is not unit length")
+        """A real tiny encode (bypassing the batch queue); raises when the model cannot embed. Ray Serve
+        calls it every ``serve.health_check_period_s``; its outcome is what ``/health`` reports."""
+        try:
+            vec = await asyncio.wait_for(
+                asyncio.to_thread(self.encoder.encode, [HEALTH_TEXT], None, None, False), timeout_s)
+            if vec.shape != (1, self.dim) or not np.all(np.isfinite(vec)):
+                raise RuntimeError(f"health encode returned shape {vec.shape} with non-finite values")
+            if self.encoder.normalize and not math.isclose(float(np.linalg.norm(vec)), 1.0, abs_tol=1e-3):
+                raise RuntimeError("health encode returned a vector that is not unit length")
+        except Exception as exc:
+            self.health_error = str(exc) or type(exc).__name__
+            raise
+        self.health_error = None
 
 
 def _error_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
@@ -183,8 +211,9 @@ def _error_response(status: int, body: dict, headers: dict | None = None) -> JSO
 
 def create_app(service: EmbeddingService) -> FastAPI:
     app = FastAPI(title="embedforge embeddings", version="1",
-                  description="OpenAI-compatible text embeddings (POST /v1/embeddings).")
-    bearer = HTTPBearer(auto_error=False, description="An API key, when the server is configured with keys.")
+                  description="OpenAI-compatible text embeddings (POST /v1/embeddings). Every route but "
+                              "/health needs 'Authorization: Bearer <key>' when the server has keys.")
+    app.add_middleware(RequestGuard, service=service)
 
     def record(request: Request, status: int) -> None:
         if request.url.path.endswith("/v1/embeddings"):
@@ -216,29 +245,30 @@ def create_app(service: EmbeddingService) -> FastAPI:
         return _error_response(500, error_body("internal server error; see the replica's log", "server_error",
                                                None, "internal_error"))
 
-    async def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if not service.auth_required:
-            return
-        token = creds.credentials if creds is not None else None
-        if not key_is_valid(token, service.key_digests):
-            msg = "missing API key: send 'Authorization: Bearer <key>'" if token is None else "invalid API key"
-            raise APIError(401, msg, None, "invalid_api_key")
-
-    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    @app.post("/v1/embeddings")
     async def create_embeddings(req: EmbeddingRequest):
         return Response(await service.embed(req), media_type="application/json")
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
     async def list_models():
         return service.models()
 
     @app.get("/health")
     async def health():
+        """For orchestrators and load balancers: no key, no model work (the last periodic check's outcome)."""
+        if service.health_error is not None:
+            return _error_response(503, error_body(f"unhealthy: {service.health_error}", "server_error", None,
+                                                   "unhealthy"))
+        return {"status": "ok", "model": service.model_name}
+
+    @app.get("/v1/ready")
+    async def ready():
+        """Readiness with a real encode, for the endpoint's owners (behind the key like every /v1 route)."""
         try:
             await service.check_health()
-        except Exception as exc:  # any failure of the model means unhealthy, never a crash
-            log.warning("health check failed: %s", exc)
-            return _error_response(503, error_body(f"unhealthy: {exc}", "server_error", None, "unhealthy"))
+        except Exception as exc:  # any failure of the model means not ready, never a crash
+            log.warning("readiness check failed: %s", exc)
+            return _error_response(503, error_body(f"not ready: {exc}", "server_error", None, "unhealthy"))
         return {"status": "ok", "model": service.model_name}
 
     return app

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from pydantic import BaseModel
@@ -29,18 +30,16 @@ def smoke_test(cfg, app_name: str, route_prefix: str = "/smoke") -> ServeSmokeRe
     from embedforge.embedders import load_embedder
     from embedforge.ray_utils import free_port
     from embedforge.serving.app import build_app, check_replicas_fit, served_model_name
-    from embedforge.serving.auth import load_keys
-
     port = free_port()
-    app = build_app(cfg)
+    # A one-time key for this check alone: the smoke test needs no user key, and the endpoint is never
+    # up without one.
+    key = secrets.token_urlsafe(24)
+    app = build_app(cfg, keys=[key])
     check_replicas_fit(cfg)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app, name=app_name, route_prefix=route_prefix, blocking=False)
     try:
-        # The endpoint keeps auth on when keys are configured: the client presents the first one.
-        keys = load_keys(cfg.serve.api_key_env, cfg.serve.api_key_file)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}{route_prefix}/v1", api_key=keys[0] if keys else "no-key",
-                        max_retries=3)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}{route_prefix}/v1", api_key=key, max_retries=3)
         texts = ["A man is playing a guitar.", "Someone plays an instrument."]
         t0 = time.time()
         resp = client.embeddings.create(model=served_model_name(cfg), input=texts)

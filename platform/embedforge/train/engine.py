@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from embedforge.config.train import TrainConfig
+from embedforge.train.collectives import mean_over_workers
 from embedforge.train.ds_config import deepspeed_config, lr_schedule
 from embedforge.train.gradcache import DeepSpeedBackward, contrastive_backward
 
@@ -37,8 +38,5 @@ def train_step(engine, local: dict, pad_id: int, train: TrainConfig, pooling: st
     )
     engine.step()
     norm = engine.get_global_grad_norm()
-    mean_loss = loss.detach().float().clone()
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(mean_loss)
-        mean_loss /= torch.distributed.get_world_size()
-    return {"loss": float(mean_loss), "lr": float(lr), "grad_norm": float(norm) if norm is not None else float("nan")}
+    mean_loss = mean_over_workers(loss, engine_device(engine))
+    return {"loss": mean_loss, "lr": float(lr), "grad_norm": float(norm) if norm is not None else float("nan")}

@@ -12,31 +12,10 @@ from pydantic import BaseModel, Field
 
 from embedforge.config.train import TrainConfig
 from embedforge.train.batching import count_tokens, worker_slice
+from embedforge.train.collectives import check_same_batch, sum_over_workers
 
 CHECKPOINT_TAG = "state"
 PROGRESS_FILE = "progress.json"
-
-
-def _order_id(order: str) -> int:
-    return int(order[:15], 16)
-
-
-def _check_aligned(order: str) -> None:
-    """Every worker must hold the same global batch (the same record of the unsplit dataset)."""
-    dist = torch.distributed
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    mine = torch.tensor([_order_id(order), -_order_id(order)], dtype=torch.long)
-    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
-    if mine[0].item() != -mine[1].item():
-        raise RuntimeError("workers disagree on the current global batch (dataset order not preserved)")
-
-
-def _global_sum(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return float(t.item())
 
 
 class WorkerPlan(BaseModel):
@@ -57,7 +36,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from embedforge.prompts import pad_token_id
-    from embedforge.train.engine import init_engine, train_step
+    from embedforge.train.engine import engine_device, init_engine, train_step
     from embedforge.train.model import gathered_lora_state_dict, load_lora_model, save_adapter
 
     plan = WorkerPlan.model_validate(config)
@@ -75,6 +54,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = load_lora_model(plan.backbone_path, train.lora, "float32", train.gradient_checkpointing)
     total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
+    device = engine_device(engine)  # the process group's device: every collective's tensors live there
 
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -95,13 +75,13 @@ def train_loop_per_worker(config: dict) -> None:
             if step < start_step:  # consumed before the restart
                 step += 1
                 continue
-            _check_aligned(record["order"])
+            check_same_batch(record["order"], device)
             local = worker_slice(record, rank, world_size)
             t0 = time.perf_counter()
             metrics = train_step(engine, local, pad, train, pooling=plan.pooling)
             seconds = time.perf_counter() - t0
             step += 1
-            tokens = _global_sum(count_tokens(local))
+            tokens = sum_over_workers(count_tokens(local), device)
             metrics.update(step=step, epoch=epoch, seconds=seconds, tokens_per_s=tokens / seconds,
                            examples_per_s=len(record["query_ids"]) / seconds, resumed_from=start_step)
             if rank == 0:

@@ -47,13 +47,11 @@ def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def training_instructions() -> dict[str, str]:
-    """Task name -> instruction for the sentence-transformers ``prompts`` (the MTEB table)."""
-    from embedforge.instructions import instruction_table
+    """Task name -> instruction for the sentence-transformers ``prompts`` (the paper's table, every
+    MTEB English task by name, CQADupstack's forums included)."""
+    from embedforge.instructions import named_instructions
 
-    table = {}
-    for tasks in instruction_table().values():
-        table.update({name: text for name, text in tasks.items() if name != "*"})
-    return table
+    return named_instructions()
 
 
 def export_instructions(model_cfg) -> dict[str, str]:
