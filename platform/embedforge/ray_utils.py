@@ -119,9 +119,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         modules.append(package_dir())
     runtime_env["py_modules"] = modules
     env_vars = dict(runtime_env.get("env_vars", {}))
-    # THP_MEM_ALLOC_ENABLE: set by importing embedforge (see embedforge/__init__.py); passed on so that a
-    # worker has it from its first tensor, before it imports embedforge.
-    for var in ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "THP_MEM_ALLOC_ENABLE"):
+    for var in ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if var in os.environ:
             env_vars.setdefault(var, os.environ[var])
     runtime_env["env_vars"] = env_vars

@@ -1,6 +1,6 @@
 """The README's quick start as a user runs it on a fresh machine: `embedforge pipeline --config
 configs/tiny.yaml` (no Ray running: it starts a local instance), with the local STSB test folder added
-to the evaluation tasks. Every stage runs (local llama.cpp teacher → held-out split → LoRA on
+to the evaluation tasks (a third of its test split, every genre). Every stage runs (local llama.cpp teacher → held-out split → LoRA on
 SmolLM2-135M with ZeRO-3 on 2 workers → evaluation → Serve smoke request → report); the fine-tuned
 model must beat its own backbone on STSB. Then the same command, submitted with `ray job submit` to a
 running cluster, finds every stage complete and only rewrites the report.
@@ -27,9 +27,22 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ("generate", "split", "train", "evaluate", "serve", "report")
 
 
+def stsb_sample(out: Path, shared_data: Path) -> Path:
+    """Every third pair of STSB's test split (460 of 1,379, all genres): the tuned-vs-backbone gap
+    (0.50 vs 0.27 on the full split) is far above this sample's noise, at a third of the encoding cost
+    of three models on this 2-core machine."""
+    from embedforge.formats import read_sts_file, write_sts
+
+    folder = out / "stsb-sample"
+    if not (folder / "test.tsv").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_sts(folder / "test.tsv", read_sts_file(shared_data / "stsb" / "test.tsv")[::3])
+    return folder
+
+
 def _overrides(out: Path, shared_data: Path) -> list[str]:
     return [f"run.output_dir={out}",
-            f"evaluate.local_tasks=[{{kind: sts, path: {shared_data / 'stsb'}, name: STSBenchmark}}]"]
+            f"evaluate.local_tasks=[{{kind: sts, path: {stsb_sample(out, shared_data)}, name: STSBenchmark}}]"]
 
 
 def _marker(run_dir: Path, stage: str) -> dict:
