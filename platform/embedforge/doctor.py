@@ -143,7 +143,9 @@ def check_llama_build() -> Check:
 
 def check_cpu() -> Check:
     flags = cpu_flags()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from embedforge.ray_utils import usable_cpus
+
+    threads = usable_cpus()
     notable = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
     detail = f"{threads} threads; features: {' '.join(notable) or 'unknown (no /proc/cpuinfo)'}"
     if flags and "avx2" not in flags:

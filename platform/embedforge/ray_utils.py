@@ -13,6 +13,14 @@ def package_dir() -> str:
     return str(Path(__file__).resolve().parent)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cpusets), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface (for servers this process starts)."""
     with socket.socket() as s:

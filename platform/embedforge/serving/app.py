@@ -21,14 +21,6 @@ from embedforge.serving.service import create_app, encode_chunks
 log = logging.getLogger(__name__)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: taskset, cpusets), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def default_model_name(backbone: str) -> str:
     """An alias stays as it is; a path becomes its last component (``runs/x/merged`` -> ``merged``)."""
     from embedforge.config.shared import MODEL_ALIASES
@@ -60,6 +52,8 @@ class EmbeddingDeployment:
         model_cfg, serve_cfg = ModelConfig.model_validate(model), ServeConfig.model_validate(serve_settings)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (a scheduling hint, often fractional or 1), so
         # torch would use one core; the model should use the cores this process may really run on.
+        from embedforge.ray_utils import usable_cpus
+
         torch.set_num_threads(serve_cfg.torch_threads or usable_cpus())
         self.serve_cfg = serve_cfg
         self.encoder = load_embedder(model_cfg)
