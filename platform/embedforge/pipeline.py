@@ -21,12 +21,12 @@ from pydantic import BaseModel, ValidationError
 
 from embedforge.config import EmbedforgeConfig, with_values
 from embedforge.config.pipeline import STAGE_ORDER
-from embedforge.evaluate.runner import EvaluateResult
-from embedforge.generate.runner import GenerateResult
-from embedforge.report import ReportResult
-from embedforge.serving.smoke import ServeSmokeResult
-from embedforge.split import SplitResult
-from embedforge.train.runner import TrainResult
+from embedforge.evaluate.runner import EvaluateResult, evaluate_model
+from embedforge.generate.runner import GenerateResult, generate_data, ready_teachers
+from embedforge.report import ReportResult, write_report
+from embedforge.serving.smoke import ServeSmokeResult, smoke_test
+from embedforge.split import SplitResult, run_split
+from embedforge.train.runner import TrainResult, train_model
 
 # Which config sections each stage's output depends on (besides the stages before it).
 STAGE_INPUTS = {
@@ -108,20 +108,14 @@ class Markers:
 # ---------------------------------------------------------------- the stages: what each needs from before
 
 def stage_generate(cfg, run_dir: Path, results: dict, ready=None) -> GenerateResult:
-    from embedforge.generate.runner import generate_data
-
     return generate_data(cfg, ready)
 
 
 def stage_split(cfg, run_dir: Path, results: dict) -> SplitResult:
-    from embedforge.split import run_split
-
     return run_split(cfg.pipeline, run_dir / "data", run_dir / "pipeline")
 
 
 def stage_train(cfg, run_dir: Path, results: dict) -> TrainResult:
-    from embedforge.train.runner import train_model
-
     sources = [s.model_dump() for s in cfg.train.data]
     split_data = results["split"].train_data
     if split_data not in [s["path"] for s in sources]:
@@ -135,8 +129,6 @@ def tuned_model(cfg, results: dict) -> EmbedforgeConfig:
 
 
 def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
-    from embedforge.evaluate.runner import evaluate_model
-
     local = [t.model_dump() for t in cfg.evaluate.local_tasks]
     local.append({"kind": "beir", "path": results["split"].heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
     baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
@@ -148,14 +140,10 @@ def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
 
 
 def stage_serve(cfg, run_dir: Path, results: dict) -> ServeSmokeResult:
-    from embedforge.serving.smoke import smoke_test
-
     return smoke_test(tuned_model(cfg, results), app_name=f"{cfg.serve.app_name}-smoke")
 
 
 def stage_report(cfg, run_dir: Path, results: dict) -> ReportResult:
-    from embedforge.report import write_report
-
     return write_report(cfg, run_dir, results)
 
 
@@ -170,7 +158,6 @@ STAGES = {
 
 
 def run_pipeline(cfg) -> PipelineResult:
-    from embedforge.generate.runner import ready_teachers
     from embedforge.ray_utils import init_ray, serve_ingress_env
 
     run_dir = cfg.run.dir.resolve()
