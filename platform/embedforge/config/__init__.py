@@ -75,11 +75,7 @@ def with_values(cfg: EmbedforgeConfig, **values: Any) -> EmbedforgeConfig:
     """A copy of ``cfg`` with dotted keys replaced (``**{"model.adapter": None}``), validated like a load."""
     data = cfg.model_dump(mode="json")
     for key, value in values.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node[part]
-        node[parts[-1]] = value
+        set_dotted(data, key.split("."), value, key)
     try:
         return EmbedforgeConfig.model_validate(data)
     except ValidationError as err:
@@ -136,18 +132,24 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(data: dict, parts: list[str], value: Any, label: str) -> None:
+    """``data[a][b]... = value`` for the key parts, making missing sections; ``label`` names the key
+    (or the whole override) in the error when a part is a value, not a section."""
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {label!r}: '{p}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         parts, value = parse_override(item)
-        node = data
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: '{p}' is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
+        set_dotted(data, parts, value, item)
     return data
 
 
