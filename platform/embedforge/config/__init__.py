@@ -76,10 +76,15 @@ def with_values(cfg: EmbedforgeConfig, **values: Any) -> EmbedforgeConfig:
     data = cfg.model_dump(mode="json")
     for key, value in values.items():
         set_dotted(data, key.split("."), value, key)
+    return validated(data)
+
+
+def validated(data: dict, source: str = "") -> EmbedforgeConfig:
+    """The root config from plain data; a ``ConfigError`` naming every bad key (and ``source``) otherwise."""
     try:
         return EmbedforgeConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, EmbedforgeConfig)) from None
+        raise ConfigError(format_validation_error(err, EmbedforgeConfig, source)) from None
 
 
 def _allowed_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -169,10 +174,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(data, dict):
             raise ConfigError(f"config file {source!r} must hold a mapping at the top level")
     data = apply_overrides(data, list(overrides or []))
-    try:
-        return EmbedforgeConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, EmbedforgeConfig, source)) from None
+    return validated(data, source)
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
@@ -199,7 +201,4 @@ def config_from_args(args: Any = None) -> EmbedforgeConfig:
     if not isinstance(overrides, list):
         raise ConfigError("app args: 'overrides' must be a list of 'a.b=c' strings")
     base = load_config(path, overrides)
-    try:
-        return EmbedforgeConfig.model_validate(_deep_merge(base.model_dump(mode="json"), args))
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, EmbedforgeConfig, "app args")) from None
+    return validated(_deep_merge(base.model_dump(mode="json"), args), "app args")
