@@ -101,7 +101,7 @@ def start_embedforge(model_dir: str, overrides: list[str] = ()) -> str:
     # A private local instance: joining a `ray start` cluster already on the machine would measure that
     # cluster's worker settings (and its other work), not a replica of this benchmark's own.
     init_ray(address="local", include_dashboard=False,
-             local_env=lambda: serve_ingress_env(cfg.serve.ingress))
+             local_env=lambda: serve_ingress_env(cfg.serve))
     print(f"embedforge ingress: {cfg.serve.ingress}", flush=True)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     global _HANDLE

@@ -178,7 +178,7 @@ def run_pipeline(cfg) -> PipelineResult:
             # for the generate stage and stops right after it.
             ready = teachers.enter_context(ready_teachers(cfg.generate, run_dir / "generate"))
             stages["generate"] = lambda c, d, r: stage_generate(c, d, r, ready=ready)
-        init_ray(local_env=(lambda: serve_ingress_env(cfg.serve.ingress)) if "serve" in cfg.pipeline.stages else None)
+        init_ray(local_env=(lambda: serve_ingress_env(cfg.serve)) if "serve" in cfg.pipeline.stages else None)
         for i, stage in enumerate(STAGE_ORDER):
             step = f"[{i + 1}/{len(STAGE_ORDER)}] {stage}"
             if stage not in to_run:

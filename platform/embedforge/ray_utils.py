@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_haproxy_env() -> dict[str, str]:
+def serve_haproxy_env(admin_host: str = "127.0.0.1", header_timeout_s: float = 10.0) -> dict[str, str]:
     """Environment for a Ray instance whose Serve HTTP ingress is HAProxy, Ray's high-throughput mode.
 
     Ray Serve's default ingress is a Python proxy actor that parses every request and forwards it to a
@@ -38,7 +38,17 @@ def serve_haproxy_env() -> dict[str, str]:
     throughput on 2 cores, with 3-4x larger batches. Ray reads these variables when it starts, so
     they belong in ``ray start``'s environment on a cluster; ``init_ray(local_env=...)`` applies them
     to an instance it starts itself.
+
+    Ray starts ``embedforge-haproxy`` (``serving/ingress.py``) as the HAProxy binary: it rebinds the
+    admin listeners to ``admin_host``, answers ingress errors and ``/health`` in JSON, and bounds the
+    time a client may take to send its headers (``header_timeout_s``), then runs the real HAProxy.
     """
+    from embedforge.serving.ingress import wrapper_path
+
+    wrapper = wrapper_path()
+    if not os.access(wrapper, os.X_OK):
+        raise FileNotFoundError(f"{wrapper} is missing: install embedforge with pip (pip install -e .), "
+                                "which puts the embedforge-haproxy command beside this Python")
     # Short on purpose: Ray adds a 56-character node directory, and HAProxy refuses socket paths over 97.
     state = tempfile.mkdtemp(prefix="efh-", dir="/tmp")
     return {
@@ -47,6 +57,9 @@ def serve_haproxy_env() -> dict[str, str]:
         # The throughput preset routes handle calls on the caller's event loop; blocking calls from
         # a plain driver (``handle.method.remote().result()``) need Ray's default, a separate loop.
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper,
+        "EMBEDFORGE_ADMIN_HOST": admin_host,
+        "EMBEDFORGE_HEADER_TIMEOUT_S": str(max(1, round(header_timeout_s))),
         # HAProxy's files and its stats/metrics ports default to one fixed /tmp/haproxy-serve, 8404 and
         # 9101 per machine: private ones let several Ray instances (tests, a pipeline) share a machine.
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
@@ -59,12 +72,20 @@ def serve_haproxy_env() -> dict[str, str]:
         # A client connection idle this long is closed (Ray's default is 3,600 s). The replica's own
         # guard bounds a request's body at serve.request_timeout_s; this bounds idle keep-alive sockets.
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
+        # A stopping replica stays up at least this long after HAProxy stops sending it requests (Ray's
+        # default, 30 s, is for external load balancers that address replicas directly; here HAProxy is
+        # the only one and drops a replica within a reload). Past it, the replica's drain is
+        # serve.graceful_shutdown_timeout_s: in-flight requests get that long to finish.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
 
 
-def serve_ingress_env(ingress: str) -> dict[str, str] | None:
-    """What a local Ray instance needs for ``serve.ingress``: the HAProxy variables, or nothing (proxy)."""
-    return serve_haproxy_env() if ingress == "haproxy" else None
+def serve_ingress_env(serve) -> dict[str, str] | None:
+    """What a local Ray instance needs for ``serve.ingress`` (the ``serve:`` section): the HAProxy
+    variables, or nothing (proxy)."""
+    if serve.ingress != "haproxy":
+        return None
+    return serve_haproxy_env(serve.admin_host, serve.request_timeout_s)
 
 
 def user_started_cluster() -> str | None:
@@ -140,9 +161,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if num_cpus is not None:
         init_kwargs["num_cpus"] = num_cpus
     _apply_env(local_env)
+    _bind_private_instance_to_loopback()
     # address="local" keeps Ray itself from re-reading RAY_ADDRESS or searching for other instances.
     ray.init(address="local", **init_kwargs)
     return ray
+
+
+def _bind_private_instance_to_loopback() -> None:
+    """A private instance is one machine: its node address is 127.0.0.1, so Ray's services bind to
+    loopback — its metrics port (Prometheus, no auth) among them — not to every interface.
+
+    Ray has no setting for this on Linux: it replaces a loopback ``_node_ip_address`` with the
+    machine's own address unless its cluster mode is off, which is what it does on macOS and Windows
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once at import, hence the attribute). Only this
+    driver's view changes; the processes it starts get the address on their command lines.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # Ray moved its internals: keep its default (the machine's address)
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _apply_env(local_env: Callable[[], dict[str, str] | None] | None) -> None:

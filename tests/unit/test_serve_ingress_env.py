@@ -27,5 +27,12 @@ def test_socket_paths_fit_haproxy_limit_under_ray_node_dir():
 
 
 def test_haproxy_ingress_sets_the_serve_env_and_proxy_sets_none():
-    assert serve_ingress_env("proxy") is None
-    assert serve_ingress_env("haproxy")["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    from embedforge.config.serve import ServeConfig
+
+    assert serve_ingress_env(ServeConfig(ingress="proxy")) is None
+    env = serve_ingress_env(ServeConfig(ingress="haproxy", admin_host="10.0.0.5", request_timeout_s=7.4))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # Ray starts the hardening wrapper as its HAProxy binary, with the admin host and header timeout.
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("embedforge-haproxy")
+    assert os.access(env["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK)
+    assert (env["EMBEDFORGE_ADMIN_HOST"], env["EMBEDFORGE_HEADER_TIMEOUT_S"]) == ("10.0.0.5", "7")

@@ -46,6 +46,10 @@ class ServeConfig(Section):
     route_prefix: str = "/"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Where the HAProxy ingress's stats page and Prometheus endpoint listen (a Ray instance embedforge
+    # starts binds its own services, metrics included, to loopback too). They have no auth: keep them
+    # on loopback, or a private address a Prometheus on another machine can reach (docs/serve.md).
+    admin_host: str = "127.0.0.1"
     # OpenAI allows 2048 inputs per request.
     max_inputs: int = Field(2048, ge=1)
     # Padded tokens (rows x longest row) one @serve.batch call may hold across concurrent requests;
