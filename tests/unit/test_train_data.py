@@ -15,7 +15,7 @@ from embedforge.train.batching import (
     tokenize_rows,
     worker_slice,
 )
-from embedforge.train.ds_config import deepspeed_config, lr_at
+from embedforge.train.ds_config import backbone_loading, deepspeed_config, lr_at
 
 
 def _row(i, positive=None, negs=1, group="short_long"):
@@ -102,6 +102,17 @@ def test_deepspeed_config_follows_train_settings_and_lr_warms_up_then_decays_to_
     assert lr_at(5, 1e-4, 10, 100) == pytest.approx(5e-5)
     assert lr_at(55, 1e-4, 10, 100) == pytest.approx(5e-5)
     assert lr_at(100, 1e-4, 10, 100) == 0.0
+
+
+@pytest.mark.parametrize("stage, precision, dtype", [
+    (3, "bf16", "bfloat16"), (3, "fp32", "float32"), (2, "bf16", "float32"), (0, "fp32", "float32"),
+])
+def test_zero3_workers_load_partitioned_in_the_training_precision_other_stages_whole_in_fp32(stage, precision, dtype):
+    cfg = TrainConfig(global_batch_size=8, num_workers=2, deepspeed={"stage": stage, "precision": precision})
+    got_dtype, zero3_config = backbone_loading(cfg)
+    assert got_dtype == dtype
+    # ZeRO-3 loading partitions under the engine's own config (same stage, precision and batch sizes).
+    assert zero3_config == (deepspeed_config(cfg) if stage == 3 else None)
 
 
 @pytest.mark.parametrize("override, key", [

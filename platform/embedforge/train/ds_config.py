@@ -45,6 +45,23 @@ def deepspeed_config(train: TrainConfig) -> dict:
     return config
 
 
+# train.deepspeed.precision -> the dtype name (embedforge.models.DTYPES) the engine holds the weights in.
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def backbone_loading(train: TrainConfig) -> tuple[str, dict | None]:
+    """(dtype, zero3_config) for ``load_lora_model`` on a training worker.
+
+    ZeRO-3: the training precision and the engine's own DeepSpeed config, so each worker builds the
+    backbone already partitioned (1/world_size of every weight) instead of whole in fp32 first
+    (28 GB of host memory per worker for a 7B backbone) and partitions it exactly as the engine
+    will. Stages 0-2 keep every weight on every worker anyway: whole, in fp32, and DeepSpeed casts it.
+    """
+    if train.deepspeed.stage == 3:
+        return PRECISION_DTYPES[train.deepspeed.precision], deepspeed_config(train)
+    return "float32", None
+
+
 def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup from 0 over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
     total = max(int(total_steps), warmup_steps + 1)

@@ -36,6 +36,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     from embedforge.prompts import pad_token_id
+    from embedforge.train.ds_config import backbone_loading
     from embedforge.train.engine import engine_device, init_engine, train_step
     from embedforge.train.model import gathered_lora_state_dict, load_lora_model, save_adapter
 
@@ -51,7 +52,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     tokenizer = load_tokenizer(plan.backbone_path)
     pad = pad_token_id(tokenizer)
-    model = load_lora_model(plan.backbone_path, train.lora, "float32", train.gradient_checkpointing)
+    # Under ZeRO-3 every worker builds the backbone partitioned, in the training precision.
+    dtype, zero3_config = backbone_loading(train)
+    model = load_lora_model(plan.backbone_path, train.lora, dtype, train.gradient_checkpointing, zero3_config)
     total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
     device = engine_device(engine)  # the process group's device: every collective's tensors live there

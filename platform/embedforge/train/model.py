@@ -71,14 +71,45 @@ def add_lora(model, lora: LoraSettings, gradient_checkpointing: bool = False, in
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    return get_peft_model(model, lora_config(lora, init_lora_weights))
+    # The adapter takes the backbone's dtype (PEFT would upcast it to fp32 on a bf16/fp16 backbone):
+    # DeepSpeed keeps the fp32 master weights itself and casts a plainly built model to the training
+    # precision, but leaves a zero.Init-built one as it is, so an fp32 adapter would reach the engine
+    # beside bf16 weights.
+    return get_peft_model(model, lora_config(lora, init_lora_weights), autocast_adapter_dtype=False)
 
 
-def load_lora_model(path: str, lora: LoraSettings, dtype: str = "float32", gradient_checkpointing: bool = False):
+def load_lora_model(path: str, lora: LoraSettings, dtype: str = "float32", gradient_checkpointing: bool = False,
+                    zero3_config: dict | None = None):
+    """The backbone at ``path`` in ``dtype``, wrapped in LoRA.
+
+    With ``zero3_config`` (the DeepSpeed ZeRO-3 config the engine will get; the process group must
+    exist, and every rank calls this) ``from_pretrained`` runs under ``deepspeed.zero.Init``: each
+    weight is partitioned across the ranks as it is created, rank 0 copies the checkpoint's values in
+    one module at a time, and no rank ever holds the whole backbone in ``dtype``. (Rank 0 does read
+    the whole checkpoint, in its stored dtype: transformers' ZeRO-3 loading does.) The LoRA weights are
+    created whole; ``deepspeed.initialize`` partitions them. ``embedforge.train.ds_config.backbone_loading``
+    gives a training worker both arguments.
+    """
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
-    return add_lora(model, lora, gradient_checkpointing)
+    if zero3_config is None:
+        model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
+        return add_lora(model, lora, gradient_checkpointing)
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # transformers (and PEFT) find the config through a weak reference: this name keeps it alive
+    # while the model is built and wrapped.
+    hf_ds_config = HfDeepSpeedConfig(zero3_config)
+    try:
+        model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
+        return add_lora(model, lora, gradient_checkpointing)
+    finally:
+        # Unset here rather than left to the weak reference dying with this frame (a traceback can
+        # keep it alive): a later from_pretrained (rank 0 alone merging the adapter at the end) would
+        # otherwise run under zero.Init too and wait for ranks that never join.
+        unset_hf_deepspeed_config()
+        del hf_ds_config
 
 
 def gathered_lora_state_dict(peft_model) -> dict[str, torch.Tensor]:
