@@ -108,6 +108,8 @@ def test_rerun_after_driver_kill_resumes_from_the_checkpoint(resumed_run):
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["sources"][0] == {"path": summary["sources"][0]["path"], "rows": 25, "valid": 24}
     assert summary["total_steps"] == 3
+    # Merging and the sentence-transformers export ran in their own Ray task, after the worker group.
+    assert summary["exported_by"] and summary["merged"].endswith("merged")
     ckpt = Path(summary["checkpoint"])
     for rank in (0, 1):  # every rank's ZeRO-3 partition is in the checkpoint
         assert (ckpt / "state" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()

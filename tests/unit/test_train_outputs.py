@@ -4,6 +4,7 @@ Also the checks that must fail before training (LoRA targets absent from the bac
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +14,13 @@ from embedforge.config.train import LoraSettings
 from embedforge.encoder import Encoder
 from embedforge.models import load_backbone
 from embedforge.testing import tiny_model, tiny_tokenizer
+from embedforge.train.export import ExportPlan, export_trained_model
 from embedforge.train.model import (
     add_lora,
     check_target_modules,
     gathered_lora_state_dict,
     meta_backbone,
     save_adapter,
-    save_merged,
     save_sentence_transformers,
 )
 from embedforge.train.runner import plot_loss_curve
@@ -40,9 +41,17 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     peft = add_lora(tiny_model("llama"), LoraSettings(r=4, alpha=8, dropout=0.0), init_lora_weights=False)
     adapter = save_adapter(peft, gathered_lora_state_dict(peft), root / "adapter")
-    merged = save_merged(str(root / "base"), adapter, root / "merged")
-    st = save_sentence_transformers(merged, root / "st", max_length=16, instructions={"Demo": INSTRUCTION})
-    return root, adapter, merged, st
+    # What the export task runs after training (in-process here: the same function, no Ray).
+    done = export_trained_model(ExportPlan(backbone_path=str(root / "base"), out_dir=str(root), max_length=16,
+                                           prompts={"Demo": INSTRUCTION}, pooling="last_token", normalize=True))
+    return root, adapter, Path(done.merged), Path(done.sentence_transformers)
+
+
+def test_the_training_workers_only_write_the_adapter(repo_root):
+    """Merging loads the whole backbone: it belongs to the export task, never to a training worker."""
+    loop = Path(repo_root, "platform", "embedforge", "train", "loop.py").read_text()
+    assert "save_adapter" in loop
+    assert "save_merged" not in loop and "save_sentence_transformers" not in loop
 
 
 def test_adapter_is_non_empty_and_changes_the_model(exported):

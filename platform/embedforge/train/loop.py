@@ -26,9 +26,6 @@ class WorkerPlan(BaseModel):
     out_dir: str
     total_steps: int = Field(ge=1)
     pooling: str
-    normalize: bool
-    max_length: int  # the exported sentence-transformers model's max_seq_length (model.max_length)
-    prompts: dict[str, str]  # task name -> instruction, the exported model's prompts ({}: none)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -100,14 +97,11 @@ def train_loop_per_worker(config: dict) -> None:
             elif step % train.log_every == 0:
                 ray.train.report(metrics)
 
+    # Only the adapter (small) is gathered and written here; merging it into the backbone and the
+    # sentence-transformers export run in a Ray task after training (train/export.py), not on rank 0
+    # while the other ranks wait at a barrier (at 7B that outlasted the process group's timeout).
     state = gathered_lora_state_dict(engine.module)  # a collective: every rank takes part
     if rank == 0:
-        from embedforge.train.model import save_merged, save_sentence_transformers
-
-        adapter = save_adapter(engine.module, state, out_dir / "adapter")
-        merged = save_merged(plan.backbone_path, adapter, out_dir / "merged")
-        save_sentence_transformers(merged, out_dir / "sentence_transformers", plan.max_length,
-                                   plan.prompts, pooling=plan.pooling,
-                                   normalize=plan.normalize)
+        save_adapter(engine.module, state, out_dir / "adapter")
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

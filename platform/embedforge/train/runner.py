@@ -27,6 +27,7 @@ class TrainResult(BaseModel):
     adapter: str
     merged: str
     sentence_transformers: str
+    exported_by: str = ""  # "<host> pid <pid>" of the Ray task that merged and exported (train/export.py)
     metrics: str  # metrics.jsonl, one line per optimizer step
     loss_curve: str
 
@@ -87,6 +88,7 @@ def train_model(cfg) -> TrainResult:
 
     from embedforge.ray_utils import check_capacity, format_resources, init_ray
     from embedforge.train.dataset import build_batches
+    from embedforge.train.export import ExportPlan, run_export_task
     from embedforge.train.loop import WorkerPlan, train_loop_per_worker
     from embedforge.train.mining import mining_spec
 
@@ -114,8 +116,7 @@ def train_model(cfg) -> TrainResult:
         train_loop_per_worker,
         train_loop_config=WorkerPlan(
             train=train, backbone_path=backbone_path, out_dir=str(out_dir), total_steps=steps,
-            pooling=cfg.model.pooling, normalize=cfg.model.normalize, max_length=cfg.model.max_length,
-            prompts=export_instructions(cfg.model),
+            pooling=cfg.model.pooling,
         ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker}),
@@ -127,6 +128,11 @@ def train_model(cfg) -> TrainResult:
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
     )
     result = trainer.fit()
+    # The worker group is gone: merging and the sentence-transformers export run in a task of their own.
+    exported = run_export_task(
+        ExportPlan(backbone_path=backbone_path, out_dir=str(out_dir), max_length=cfg.model.max_length,
+                   prompts=export_instructions(cfg.model), pooling=cfg.model.pooling, normalize=cfg.model.normalize),
+        num_cpus=train.cpus_per_worker, use_gpu=train.use_gpu)
     metrics_path = out_dir / "metrics.jsonl"
     if metrics_path.is_file():
         plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
@@ -136,8 +142,9 @@ def train_model(cfg) -> TrainResult:
         final_metrics=json.loads(json.dumps(result.metrics or {}, default=str)),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         adapter=str(out_dir / "adapter"),
-        merged=str(out_dir / "merged"),
-        sentence_transformers=str(out_dir / "sentence_transformers"),
+        merged=exported.merged,
+        sentence_transformers=exported.sentence_transformers,
+        exported_by=f"{exported.host} pid {exported.pid}",
         metrics=str(metrics_path),
         loss_curve=str(out_dir / "loss_curve.png"),
     )

@@ -1,0 +1,53 @@
+"""The trained model's exports, made after training in a Ray task of their own.
+
+The workers write only the LoRA adapter (gathered from ZeRO-3 partitions; small). Merging it into the
+backbone and writing the sentence-transformers directory load the whole backbone in fp32: done on rank
+0 inside the worker group, the other ranks waited at a barrier for as long as that took (at 7B it could
+outlast the process group's timeout) and every worker's resources stayed held. Here the group is gone
+first; the task asks for the training workers' accelerator, so on a GPU cluster it lands on a GPU node
+(the host memory a 7B merge needs), never on a CPU head.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+class ExportPlan(BaseModel):
+    backbone_path: str
+    out_dir: str  # the train stage's directory: adapter/ in, merged/ and sentence_transformers/ out
+    max_length: int  # the sentence-transformers model's max_seq_length (model.max_length)
+    prompts: dict[str, str]  # task name -> instruction, the exported model's prompts ({}: none)
+    pooling: str
+    normalize: bool
+
+
+class ExportResult(BaseModel):
+    merged: str
+    sentence_transformers: str
+    host: str  # where the export ran (a GPU node on a GPU cluster)
+    pid: int
+
+
+def export_trained_model(plan: ExportPlan) -> ExportResult:
+    """adapter/ -> merged/ (a plain Hugging Face directory) -> sentence_transformers/. Pure file work."""
+    from embedforge.train.model import save_merged, save_sentence_transformers
+
+    out_dir = Path(plan.out_dir)
+    merged = save_merged(plan.backbone_path, out_dir / "adapter", out_dir / "merged")
+    st = save_sentence_transformers(merged, out_dir / "sentence_transformers", plan.max_length, plan.prompts,
+                                    pooling=plan.pooling, normalize=plan.normalize)
+    return ExportResult(merged=str(merged), sentence_transformers=str(st), host=socket.gethostname(), pid=os.getpid())
+
+
+def run_export_task(plan: ExportPlan, num_cpus: float, use_gpu: bool) -> ExportResult:
+    """``export_trained_model`` as a Ray task with the training workers' resources (one worker's)."""
+    import ray
+
+    task = ray.remote(export_trained_model).options(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0,
+                                                   name="embedforge-export", max_retries=1)
+    return ray.get(task.remote(plan))
