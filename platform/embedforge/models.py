@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -133,8 +134,56 @@ def ensure_imported(gguf_path: str | os.PathLike) -> Path:
     return out
 
 
+def is_hub_id(spec: str) -> bool:
+    """``org/name`` (or ``name``) that is not a packaged alias, an existing path, or a .gguf file."""
+    if spec in PACKAGED_GGUF or spec in PACKAGED_DIRS or spec.endswith(".gguf"):
+        return False
+    if spec.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(spec)):
+        return False
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec))
+
+
+def fetch_from_hub(repo_id: str) -> Path:
+    """The hub repository in this node's Hugging Face cache, downloaded once per node.
+
+    Every worker, actor and task of a node resolves the backbone itself (a path from the driver's node
+    would not exist on the others); a lock file in the node's cache lets the first one download while
+    the others wait, then find the snapshot complete and read it without touching the network. The
+    token is ``HF_TOKEN`` (forwarded to every worker by ``init_ray``); ``HF_ENDPOINT``/``HF_HOME`` apply.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    lock = Path(HF_HUB_CACHE) / ".locks" / f"embedforge--{repo_id.replace('/', '--')}.lock"
+    with _file_lock(lock):
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except LocalEntryNotFoundError:
+            pass
+        try:
+            return Path(snapshot_download(repo_id))
+        except Exception as exc:  # network, auth, offline mode: say what was tried and how to fix it
+            raise FileNotFoundError(
+                f"model.backbone {repo_id!r} is not a packaged alias ({', '.join(sorted(PACKAGED_GGUF | PACKAGED_DIRS))}), "
+                f"a local directory or a .gguf file, and this node could not download it from the hub: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (a private or gated "
+                "repository needs HF_TOKEN in the driver's environment; HF_HUB_OFFLINE=1 allows only what "
+                "is already in the cache)") from None
+
+
+def node_portable_spec(spec: str) -> str:
+    """The backbone spec to hand to other nodes, which resolve it themselves: aliases and hub ids as
+    they are (each node fills its own cache), local paths absolute (the same on every node only with
+    shared storage)."""
+    if spec in PACKAGED_GGUF or spec in PACKAGED_DIRS or is_hub_id(spec):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
 def resolve_backbone(spec: str) -> str:
-    """A loadable HF directory (or hub id) for any backbone spec."""
+    """A loadable HF directory on this node for any backbone spec (hub ids are fetched into the
+    node's cache, once)."""
     if spec in PACKAGED_GGUF:
         return str(ensure_imported(packaged_gguf(spec)))
     if spec in PACKAGED_DIRS:
@@ -149,7 +198,9 @@ def resolve_backbone(spec: str) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model directory {spec!r} has no config.json")
         return str(path)
-    return spec  # a hub id: transformers resolves (and, offline, fails with its own message)
+    if is_hub_id(spec):
+        return str(fetch_from_hub(spec))
+    raise FileNotFoundError(f"model.backbone {spec!r}: no such file or directory")
 
 
 def is_sentence_transformers_dir(path: str) -> bool:

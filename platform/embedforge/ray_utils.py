@@ -132,6 +132,10 @@ def describe_cluster_choice() -> str:
     return f"stages join {why}" if address else why
 
 
+FORWARDED_ENV = ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT", "HF_HOME",
+                 "HF_HUB_CACHE")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              local_env: Callable[[], dict[str, str] | None] | None = None, **kwargs):
     """Join the cluster the user chose: ``address``, else ``RAY_ADDRESS`` (also what ``ray job
@@ -155,7 +159,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         modules.append(package_dir())
     runtime_env["py_modules"] = modules
     env_vars = dict(runtime_env.get("env_vars", {}))
-    for var in ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    # Forwarded by name to every worker and actor on every node (the cluster's nodes were started
+    # without them): where models are cached, and how the hub is reached — HF_TOKEN for private or
+    # gated backbones (its value goes to the workers' environments only, never to a file or a log).
+    for var in FORWARDED_ENV:
         if var in os.environ:
             env_vars.setdefault(var, os.environ[var])
     runtime_env["env_vars"] = env_vars

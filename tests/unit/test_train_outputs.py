@@ -42,7 +42,7 @@ def exported(tmp_path_factory):
     peft = add_lora(tiny_model("llama"), LoraSettings(r=4, alpha=8, dropout=0.0), init_lora_weights=False)
     adapter = save_adapter(peft, gathered_lora_state_dict(peft), root / "adapter")
     # What the export task runs after training (in-process here: the same function, no Ray).
-    done = export_trained_model(ExportPlan(backbone_path=str(root / "base"), out_dir=str(root), max_length=16,
+    done = export_trained_model(ExportPlan(backbone=str(root / "base"), out_dir=str(root), max_length=16,
                                            prompts={"Demo": INSTRUCTION}, pooling="last_token", normalize=True))
     return root, adapter, Path(done.merged), Path(done.sentence_transformers)
 

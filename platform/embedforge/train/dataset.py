@@ -28,10 +28,13 @@ class DataError(ValueError):
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(path: str):
-    from embedforge.models import load_tokenizer
+def _tokenizer(backbone: str):
+    """The backbone's tokenizer on the node this Ray Data task runs on (it resolves the spec itself)."""
+    import os
 
-    return load_tokenizer(path)
+    from embedforge.models import load_tokenizer, resolve_backbone
+
+    return load_tokenizer(backbone if os.path.isdir(backbone) else resolve_backbone(backbone))
 
 
 def _rows(df: pd.DataFrame) -> dict:
@@ -45,12 +48,12 @@ def keep_valid(df: pd.DataFrame) -> pd.DataFrame:
     return df[ok].reset_index(drop=True)
 
 
-def tokenize_frame(df: pd.DataFrame, tokenizer_path: str, query_max_length: int, passage_max_length: int,
+def tokenize_frame(df: pd.DataFrame, backbone: str, query_max_length: int, passage_max_length: int,
                    instructions: bool = True):
     batch = _rows(df)
     batch["negatives"] = [list(n) if n is not None else [] for n in batch["negatives"]]
     batch["task"] = [t if isinstance(t, str) else "" for t in batch["task"]]
-    out = tokenize_rows(batch, _tokenizer(tokenizer_path), query_max_length, passage_max_length, instructions)
+    out = tokenize_rows(batch, _tokenizer(backbone), query_max_length, passage_max_length, instructions)
     keep = ("id", "group", "positive_key", "query_ids", "positive_ids", "negative_ids")
     return pd.DataFrame({k: out[k] for k in keep})
 
@@ -87,7 +90,7 @@ def read_valid_rows(path: str, key: str):
     return valid, total, valid.count()
 
 
-def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: int,
+def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
                   mining_model=None, instructions: bool = True, resource_check: str = "fail",
                   *, lengths: tuple[int, int]):
     """(materialized dataset of global-batch records sorted by step order, summary dict).
@@ -128,7 +131,7 @@ def build_batches(train: TrainConfig, tokenizer_path: str, run_dir: Path, seed: 
         mixed = ray.data.from_pandas(mined)
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",
-        fn_kwargs={"tokenizer_path": tokenizer_path, "query_max_length": lengths[0],
+        fn_kwargs={"backbone": backbone, "query_max_length": lengths[0],
                    "passage_max_length": lengths[1], "instructions": instructions},
     )
     batches = tokenized.groupby("group").map_groups(

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 
 class ExportPlan(BaseModel):
-    backbone_path: str
+    backbone: str  # the model.backbone spec, resolved on the node the task runs on
     out_dir: str  # the train stage's directory: adapter/ in, merged/ and sentence_transformers/ out
     max_length: int  # the sentence-transformers model's max_seq_length (model.max_length)
     prompts: dict[str, str]  # task name -> instruction, the exported model's prompts ({}: none)
@@ -35,10 +35,11 @@ class ExportResult(BaseModel):
 
 def export_trained_model(plan: ExportPlan) -> ExportResult:
     """adapter/ -> merged/ (a plain Hugging Face directory) -> sentence_transformers/. Pure file work."""
+    from embedforge.models import resolve_backbone
     from embedforge.train.model import save_merged, save_sentence_transformers
 
     out_dir = Path(plan.out_dir)
-    merged = save_merged(plan.backbone_path, out_dir / "adapter", out_dir / "merged")
+    merged = save_merged(resolve_backbone(plan.backbone), out_dir / "adapter", out_dir / "merged")
     st = save_sentence_transformers(merged, out_dir / "sentence_transformers", plan.max_length, plan.prompts,
                                     pooling=plan.pooling, normalize=plan.normalize)
     return ExportResult(merged=str(merged), sentence_transformers=str(st), host=socket.gethostname(), pid=os.getpid())

@@ -22,7 +22,7 @@ class WorkerPlan(BaseModel):
     """What every training worker receives (Ray Train's ``train_loop_config``, as JSON-safe data)."""
 
     train: TrainConfig
-    backbone_path: str
+    backbone: str  # the model.backbone spec; each worker resolves it on its own node
     out_dir: str
     total_steps: int = Field(ge=1)
     pooling: str
@@ -45,13 +45,14 @@ def train_loop_per_worker(config: dict) -> None:
         raise RuntimeError(f"expected {train.num_workers} workers, got {world_size}")
     deepspeed.init_distributed(dist_backend="nccl" if train.use_gpu else "gloo")
     out_dir = Path(plan.out_dir)
-    from embedforge.models import load_tokenizer
+    from embedforge.models import load_tokenizer, resolve_backbone
 
-    tokenizer = load_tokenizer(plan.backbone_path)
+    backbone_path = resolve_backbone(plan.backbone)  # this node's copy (a hub model: fetched once per node)
+    tokenizer = load_tokenizer(backbone_path)
     pad = pad_token_id(tokenizer)
     # Under ZeRO-3 every worker builds the backbone partitioned, in the training precision.
     dtype, zero3_config = backbone_loading(train)
-    model = load_lora_model(plan.backbone_path, train.lora, dtype, train.gradient_checkpointing, zero3_config)
+    model = load_lora_model(backbone_path, train.lora, dtype, train.gradient_checkpointing, zero3_config)
     total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
     device = engine_device(engine)  # the process group's device: every collective's tensors live there

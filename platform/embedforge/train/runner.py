@@ -33,13 +33,17 @@ class TrainResult(BaseModel):
 
 
 def validate_before_training(cfg) -> str:
-    """Checks that need the backbone (not only the config); returns the backbone directory."""
-    from embedforge.models import resolve_backbone
+    """Checks that need the backbone (not only the config); returns the backbone spec that workers,
+    tasks and the export resolve on their own nodes (a path into this node's cache would not exist on
+    the others)."""
+    from embedforge.models import is_hub_id, node_portable_spec, resolve_backbone
     from embedforge.train.model import check_target_modules, meta_backbone
 
-    path = resolve_backbone(cfg.model.backbone)
-    check_target_modules(meta_backbone(path), cfg.train.lora.target_modules)
-    return path
+    spec = node_portable_spec(cfg.model.backbone)
+    # A hub backbone's module tree needs only its config.json, not the weights on this (driver) node.
+    check_target_modules(meta_backbone(spec if is_hub_id(spec) else resolve_backbone(spec)),
+                         cfg.train.lora.target_modules)
+    return spec
 
 
 def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
@@ -96,7 +100,7 @@ def train_model(cfg) -> TrainResult:
     run_dir = cfg.run.dir.resolve()
     out_dir = run_dir / "train"
     out_dir.mkdir(parents=True, exist_ok=True)
-    backbone_path = validate_before_training(cfg)
+    backbone = validate_before_training(cfg)
 
     init_ray()
     worker = {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {})}
@@ -106,7 +110,7 @@ def train_model(cfg) -> TrainResult:
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    batches, summary = build_batches(train, backbone_path, run_dir, cfg.run.seed,
+    batches, summary = build_batches(train, backbone, run_dir, cfg.run.seed,
                                      mining_spec(cfg.model, train.mining_model),
                                      instructions=cfg.model.instructions, resource_check=cfg.run.resource_check,
                                      lengths=cfg.training_lengths())
@@ -115,7 +119,7 @@ def train_model(cfg) -> TrainResult:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=WorkerPlan(
-            train=train, backbone_path=backbone_path, out_dir=str(out_dir), total_steps=steps,
+            train=train, backbone=backbone, out_dir=str(out_dir), total_steps=steps,
             pooling=cfg.model.pooling,
         ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
@@ -130,7 +134,7 @@ def train_model(cfg) -> TrainResult:
     result = trainer.fit()
     # The worker group is gone: merging and the sentence-transformers export run in a task of their own.
     exported = run_export_task(
-        ExportPlan(backbone_path=backbone_path, out_dir=str(out_dir), max_length=cfg.model.max_length,
+        ExportPlan(backbone=backbone, out_dir=str(out_dir), max_length=cfg.model.max_length,
                    prompts=export_instructions(cfg.model), pooling=cfg.model.pooling, normalize=cfg.model.normalize),
         num_cpus=train.cpus_per_worker, use_gpu=train.use_gpu)
     metrics_path = out_dir / "metrics.jsonl"
