@@ -18,7 +18,10 @@ report says so. Single process: torch.distributed is initialised here with world
 GPU, gloo on the CPU). ``--shape tiny`` runs the same code on the CPU in fp32 in seconds (the tests).
 
     python benchmarks/gpu_check.py --out runs/gpu_check                          # H100/H200, < 10 min
-    python benchmarks/gpu_check.py --shape tiny --device cpu --out /tmp/gpu_check  # CPU smoke run
+    python benchmarks/gpu_check.py --shape tiny --device cpu --no-smoke --out /tmp/gpu_check  # CPU, seconds
+
+Before the measurement it runs ``gpu_smoke.py``'s paths once on the device (the platform's own
+Ray Train + export, Ray Data encoding and Serve code; PASS/FAIL per path, in the report as "smoke").
 
 FLOPs (``FLOPS_FORMULA``; N = backbone parameters without the token embedding, N_lora = LoRA
 parameters, L layers, d hidden size, s a sequence's real tokens, 2 FLOPs per multiply-add, attention
@@ -50,6 +53,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_smoke
 
 import torch  # noqa: E402
 
@@ -395,6 +399,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 on the CPU, where more threads "
                    "contend on a shared machine; torch's default with a GPU)")
     p.add_argument("--max-minutes", type=float, default=9.0, help="no smaller fallback starts after this")
+    p.add_argument("--smoke", action=argparse.BooleanOptionalAction, default=True,
+                   help="first run the platform's own paths once on the device (benchmarks/gpu_smoke.py: "
+                        "Ray Train + export, Ray Data encoding, a Serve replica); --no-smoke skips them")
     args = p.parse_args(argv)
     for key, value in DEFAULTS[args.shape].items():
         if getattr(args, key) is None:
@@ -419,6 +426,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads or 1)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = args.peak_tflops or (peak_tflops(device_name) if device.type == "cuda" else None)
+    smoke = run_smoke_first(args.device) if args.smoke else []
     backend = init_single_process(device)
 
     ladder = [n for n in FALLBACK_LAYERS[args.shape] if n <= (args.layers or SHAPES[args.shape]["num_hidden_layers"])]
@@ -446,6 +454,7 @@ def main(argv=None) -> int:
                        "layers_full_shape": SHAPES[args.shape]["num_hidden_layers"],
                        "parameters_without_embedding": result["parameters_without_embedding"],
                        "embedding_parameters": result.get("embedding_parameters", 0)}
+    report["smoke"] = smoke
     report["encode"] = result.get("encode", {})
     report["train"] = result.get("train", {})
     report["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -462,8 +471,26 @@ def main(argv=None) -> int:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    ok = not report.get("error") and report["train"].get("loss_check_passed", False)
+    ok = (not report.get("error") and report["train"].get("loss_check_passed", False)
+          and all(r["pass"] for r in smoke))
     return 0 if ok else 1
+
+
+def run_smoke_first(device: str) -> list[dict]:
+    """gpu_smoke.py's paths on a Ray instance of their own, shut down before the throughput run so
+    the device's memory is free again."""
+    import tempfile
+
+    import ray
+
+    from gpu_smoke import run_smoke
+
+    os.environ.setdefault("RAY_ADDRESS", "local")
+    with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as work:
+        records = run_smoke(device, Path(work))
+    ray.shutdown()
+    free_memory(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
+    return records
 
 
 if __name__ == "__main__":
