@@ -30,3 +30,11 @@ def test_mining_fills_only_missing_negatives_from_the_top_k(ray_cluster, minilm_
         assert neg != pairs[i][1]
         # Top-2 of a query is its positive and the same-topic passage: the mined negative is hard.
         assert topic_of.get(neg) == i // 2, (pairs[i][0], neg)
+
+    # Positive-aware: a margin no candidate can clear leaves nothing to mine; a zero margin only drops
+    # candidates the model scores above the positive itself (none here: each positive ranks first).
+    spec = EmbedderSpec(minilm_dir, max_length=64)
+    everything_too_close = mine_hard_negatives(rows, spec, top_k=2, num_negatives=1, seed=0, margin=2.0)
+    assert [list(n) for n in everything_too_close["negatives"].iloc[:-1]] == [[]] * (len(pairs) - 1)
+    above_the_positive = mine_hard_negatives(rows, spec, top_k=2, num_negatives=1, seed=0, margin=0.0)
+    assert above_the_positive["negatives"].tolist() == mined["negatives"].tolist()

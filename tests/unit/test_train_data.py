@@ -153,3 +153,24 @@ def test_mined_negatives_come_from_the_top_k_and_skip_positives():
     texts = ["a", "b", "c", "d"]
     assert select_negatives(ranked, texts, [{"a"}, {"d"}], num_negatives=1, seed=0) == [["b"], ["c"]]
     assert select_negatives(ranked, texts, [{"a", "b"}, set()], num_negatives=5, seed=0)[0] == []
+
+
+def test_positive_aware_mining_skips_candidates_too_close_to_the_positive():
+    import numpy as np
+
+    from embedforge.train.mining import likely_false_negatives, select_negatives
+
+    # Query 0: positive scores 0.80; candidates 0.79 (98.8% of it: a likely unlabeled positive), 0.70, 0.30.
+    # Query 1: positive scores 0.50; candidates 0.49, 0.46, 0.10.
+    scores = np.array([[0.79, 0.70, 0.30], [0.49, 0.46, 0.10]])
+    positives = np.array([0.80, 0.50])
+    assert likely_false_negatives(scores, positives, max_positive_ratio=0.95).tolist() == [
+        [True, False, False], [True, False, False]]  # 0.95 x 0.80 = 0.76; 0.95 x 0.50 = 0.475
+    assert likely_false_negatives(scores, positives, margin=0.05).tolist() == [
+        [True, False, False], [True, True, False]]  # above 0.75 / 0.45
+    assert not likely_false_negatives(scores, positives).any()  # off
+    ranked = np.array([[1, 2, 3], [1, 2, 3]])
+    texts = ["pos", "near", "hard", "easy"]
+    skip = likely_false_negatives(scores, positives, max_positive_ratio=0.95)
+    picked = select_negatives(ranked, texts, [{"pos"}, {"pos"}], num_negatives=2, seed=0, skip=skip)
+    assert [sorted(p) for p in picked] == [["easy", "hard"], ["easy", "hard"]]

@@ -68,6 +68,11 @@ class TrainConfig(Section):
     mine_negatives: bool = False
     mining_model: str | None = None  # a backbone spec; null = model.backbone
     mining_top_k: int = Field(100, ge=1)
+    # Positive-aware mining (NV-Retriever): a candidate the mining model scores above
+    # mining_max_positive_ratio x its query's positive score, or within mining_margin of it, is taken
+    # for an unlabeled positive (a false negative) and skipped. null: off.
+    mining_max_positive_ratio: float | None = Field(None, gt=0, le=1)
+    mining_margin: float | None = Field(None, ge=0)
 
     @field_validator("data")
     @classmethod

@@ -127,7 +127,8 @@ def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
             raise ValueError("build_batches: train.mine_negatives needs the mining model (mining_spec)")
         mined = mine_hard_negatives(mixed.to_pandas(), mining_model, train.mining_top_k,
                                     max(1, train.negatives_per_query), seed, instructions=instructions,
-                                    resource_check=resource_check)
+                                    resource_check=resource_check,
+                                    max_positive_ratio=train.mining_max_positive_ratio, margin=train.mining_margin)
         mixed = ray.data.from_pandas(mined)
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",

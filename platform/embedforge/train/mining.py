@@ -35,14 +35,32 @@ def unit_rows(vecs: np.ndarray) -> np.ndarray:
     return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
 
+def likely_false_negatives(candidate_scores: np.ndarray, positive_scores: np.ndarray,
+                           max_positive_ratio: float | None = None, margin: float | None = None) -> np.ndarray:
+    """Boolean mask, True where a candidate scores too close to its query's positive to be trusted as a
+    negative: above ``max_positive_ratio`` x the positive's score (NV-Retriever's rule, e.g. 0.95) or
+    above the positive's score minus ``margin``. ``candidate_scores`` (nq, k); ``positive_scores`` (nq,)."""
+    pos = np.asarray(positive_scores, dtype=np.float64)[:, None]
+    scores = np.asarray(candidate_scores, dtype=np.float64)
+    mask = np.zeros(scores.shape, dtype=bool)
+    if max_positive_ratio is not None:
+        mask |= scores > max_positive_ratio * pos
+    if margin is not None:
+        mask |= scores > pos - margin
+    return mask
+
+
 def select_negatives(
-    ranked: np.ndarray, corpus: Sequence[str], exclude: Sequence[set[str]], num_negatives: int, seed: int
+    ranked: np.ndarray, corpus: Sequence[str], exclude: Sequence[set[str]], num_negatives: int, seed: int,
+    skip: np.ndarray | None = None,
 ) -> list[list[str]]:
-    """For each query, ``num_negatives`` documents sampled from its ranked top-k minus ``exclude``."""
+    """For each query, ``num_negatives`` documents sampled from its ranked top-k minus ``exclude`` and
+    minus the candidates ``skip`` marks (``likely_false_negatives``, same shape as ``ranked``)."""
     rng = random.Random(seed)
     picked = []
-    for row, banned in zip(ranked, exclude, strict=True):
-        candidates = [corpus[i] for i in row if corpus[i] not in banned]
+    for q, (row, banned) in enumerate(zip(ranked, exclude, strict=True)):
+        candidates = [corpus[i] for j, i in enumerate(row)
+                      if corpus[i] not in banned and not (skip is not None and skip[q, j])]
         picked.append(rng.sample(candidates, min(num_negatives, len(candidates))))
     return picked
 
@@ -64,6 +82,7 @@ def _embed(texts: list[str], instructions: list[str], model, replicas: int, reso
 def mine_hard_negatives(
     rows: pd.DataFrame, model, top_k: int = 100, num_negatives: int = 1, seed: int = 0,
     replicas: int = 1, instructions: bool = True, resource_check: str = "fail",
+    max_positive_ratio: float | None = None, margin: float | None = None,
 ) -> pd.DataFrame:
     """``rows`` with ``negatives`` filled for the rows that had none; other rows are untouched.
 
@@ -86,8 +105,16 @@ def mine_hard_negatives(
     for q, p in zip(rows["query"], rows["positive"], strict=True):
         positives_of.setdefault(q, set()).add(p)
     # Cosine ranking even for a model section with normalize: false.
-    ranked = top_k_indices(unit_rows(query_vecs), unit_rows(corpus_vecs), top_k)
-    picked = select_negatives(ranked, corpus, [positives_of[rows["query"][i]] for i in need], num_negatives, seed)
+    queries, docs = unit_rows(query_vecs), unit_rows(corpus_vecs)
+    ranked = top_k_indices(queries, docs, top_k)
+    skip = None
+    if max_positive_ratio is not None or margin is not None:
+        where = {text: j for j, text in enumerate(corpus)}
+        candidate_scores = np.einsum("qd,qkd->qk", queries, docs[ranked])
+        positive_scores = np.einsum("qd,qd->q", queries, docs[[where[rows["positive"][i]] for i in need]])
+        skip = likely_false_negatives(candidate_scores, positive_scores, max_positive_ratio, margin)
+    picked = select_negatives(ranked, corpus, [positives_of[rows["query"][i]] for i in need], num_negatives, seed,
+                              skip)
     for i, chosen in zip(need, picked, strict=True):
         negs[i] = chosen
     rows["negatives"] = negs
