@@ -54,35 +54,56 @@ def test_mix_counts_follow_ratios_and_keep_total():
     assert sum(mix_counts([7, 13, 5], [1, 1, 1])) == 25
 
 
-def test_batches_have_unique_positives_and_full_worker_slices():
+def test_every_batch_is_whole_with_unique_positives_and_the_rest_is_handed_back():
     rows = [_row(i, positive=f"doc {i % 7}") for i in range(40)]
-    batches = plan_group_batches(rows, global_batch_size=6, world_size=2, negatives_per_query=1, seed=3)
+    batches, leftover = plan_group_batches(rows, global_batch_size=6, negatives_per_query=1, seed=3)
     assert batches, "no batch planned"
     used = [i for b in batches for i in b["ids"]]
     assert len(used) == len(set(used))  # a row is used at most once per epoch
+    assert sorted(used + [r["id"] for r in leftover]) == sorted(r["id"] for r in rows)  # none lost
     for b in batches:
         keys = [positive_key(f"doc {int(i[1:]) % 7}") for i in b["ids"]]
         assert len(keys) == len(set(keys)), "a positive appears twice in a batch"
-        assert len(b["ids"]) % 2 == 0 and 2 <= len(b["ids"]) <= 6
+        assert len(b["ids"]) == 6  # never a short batch
         assert len(b["negative_ids"]) == len(b["ids"]) * b["num_negatives"]
+    assert len(leftover) < 6 or len({r["positive_key"] for r in leftover}) < 6
+
+
+def test_small_groups_and_remainders_are_packed_into_whole_mixed_batches():
+    from embedforge.train.batching import pack_leftovers
+
+    # The tiny run's shape: one big group with a remainder, and groups of 2-4 rows.
+    groups = {"seed": 30, "sts": 3, "bitext": 2, "short_long": 4}
+    leftovers, full = [], []
+    n = 0
+    for group, size in groups.items():
+        rows = [dict(_row(n + i), group=group) for i in range(size)]
+        n += size
+        batches, rest = plan_group_batches(rows, 8, negatives_per_query=1, seed=0)
+        full += batches
+        leftovers += rest
+    assert [len(b["ids"]) for b in full] == [8, 8, 8]  # 30 = 3 x 8 + 6; the small groups fill none
+    packed, dropped = pack_leftovers(leftovers, 8, negatives_per_query=1, seed=0)
+    assert [len(b["ids"]) for b in packed] == [8] and all(b["group"] == "mixed" for b in packed)
+    assert dropped == len(leftovers) - 8 == 7  # 6 + 3 + 2 + 4 = 15 leftovers: one batch, 7 dropped
 
 
 def test_batch_negatives_are_the_minimum_available():
     rows = [_row(0, negs=3), _row(1, negs=1), _row(2, negs=2), _row(3, negs=3)]
-    (b,) = plan_group_batches(rows, 4, 2, negatives_per_query=2, seed=0)
+    (b,), _ = plan_group_batches(rows, 4, negatives_per_query=2, seed=0)
     assert b["num_negatives"] == 1 and len(b["negative_ids"]) == 4
 
 
 def test_planning_is_deterministic_and_seeded():
     rows = [_row(i) for i in range(30)]
-    a = plan_group_batches(rows, 8, 2, 1, seed=1)
-    assert a == plan_group_batches(rows, 8, 2, 1, seed=1)
-    assert [b["ids"] for b in a] != [b["ids"] for b in plan_group_batches(rows, 8, 2, 1, seed=2)]
+    a, _ = plan_group_batches(rows, 8, 1, seed=1)
+    assert a == plan_group_batches(rows, 8, 1, seed=1)[0]
+    assert [b["ids"] for b in a] != [b["ids"] for b in plan_group_batches(rows, 8, 1, seed=2)[0]]
 
 
 def test_worker_slices_partition_the_global_batch():
     rows = [_row(i, negs=2) for i in range(8)]
-    (b,) = plan_group_batches(rows, 8, 4, 2, seed=0)
+    (b,), _ = plan_group_batches(rows, 8, 2, seed=0)
     slices = [worker_slice(b, r, 4) for r in range(4)]
     assert sum((s["query_ids"] for s in slices), []) == b["query_ids"]
     assert sum((s["negative_ids"] for s in slices), []) == b["negative_ids"]

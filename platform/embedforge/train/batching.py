@@ -88,26 +88,30 @@ def mix_counts(sizes: Sequence[int], ratios: Sequence[float]) -> list[int]:
     return counts
 
 
-def _usable_size(n: int, world_size: int) -> int:
-    return n - n % world_size
-
-
 def plan_group_batches(
-    rows: Sequence[dict], global_batch_size: int, world_size: int, negatives_per_query: int, seed: int
-) -> list[dict]:
-    """Global batches from the rows of one group (each row: ``id``, ``positive_key``, ``query_ids``,
-    ``positive_ids``, ``negative_ids``).
+    rows: Sequence[dict], global_batch_size: int, negatives_per_query: int, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """(full global batches, leftover rows) from the rows of one group (each row: ``id``,
+    ``positive_key``, ``query_ids``, ``positive_ids``, ``negative_ids``).
 
-    Rows are shuffled with ``seed``; a row whose positive is already in the batch being filled waits
-    for a later batch. A last, short batch is kept when it holds at least one row per worker (trimmed
-    to a multiple of ``world_size``). Each batch carries ``k`` hard negatives per row: the smallest
-    number any of its rows has, capped at ``negatives_per_query``.
+    Every batch holds exactly ``global_batch_size`` rows with distinct positives: a short batch (a
+    group's remainder, or a group smaller than a batch) trains on a smaller softmax — a 2-way one
+    gives loss ~0, 2 pairs at the full learning rate spiked the tiny run's loss to 9.8 — so its rows
+    are handed back to be packed with other groups' leftovers (``pack_leftovers``). Rows are shuffled
+    with ``seed``; a row whose positive is already in the batch being filled waits for a later one.
+    Each batch carries ``k`` hard negatives per row: the smallest number any of its rows has, capped
+    at ``negatives_per_query``.
     """
+    batches, leftover = _full_batches(rows, global_batch_size, seed)
+    return [_batch_record(b, negatives_per_query, seed) for b in batches], leftover
+
+
+def _full_batches(rows: Sequence[dict], global_batch_size: int, seed: int) -> tuple[list[list[dict]], list[dict]]:
     order = list(rows)
     random.Random(seed).shuffle(order)
     batches: list[list[dict]] = []
     pending = order
-    while pending:
+    while len(pending) >= global_batch_size:
         batch, seen, waiting = [], set(), []
         for row in pending:
             if len(batch) < global_batch_size and row["positive_key"] not in seen:
@@ -115,17 +119,21 @@ def plan_group_batches(
                 seen.add(row["positive_key"])
             else:
                 waiting.append(row)
-        usable = _usable_size(len(batch), world_size)
-        if usable == 0:
-            break
-        batches.append(batch[:usable])
-        if len(batch) < global_batch_size:
-            # Only duplicates of positives already used are left: they would form batches of one
-            # positive repeated, which contrastive training cannot score. Keep them for the next epoch.
-            if not any(r["positive_key"] not in seen for r in waiting):
-                break
-        pending = waiting + batch[usable:]
-    return [_batch_record(b, negatives_per_query, seed) for b in batches]
+        if len(batch) < global_batch_size:  # not enough distinct positives left for a whole batch
+            return batches, batch + waiting
+        batches.append(batch)
+        pending = waiting
+    return batches, pending
+
+
+def pack_leftovers(rows: Sequence[dict], global_batch_size: int, negatives_per_query: int,
+                   seed: int) -> tuple[list[dict], int]:
+    """Full batches (group ``mixed``) from the groups' leftover rows, and the number of rows that fill
+    no batch (dropped this epoch; the summary reports them). Each row keeps its own instruction
+    (it is part of its tokenised query), so mixing tasks in one batch loses nothing but some of the
+    same-task in-batch negatives."""
+    batches, dropped = _full_batches([dict(r, group="mixed") for r in rows], global_batch_size, seed)
+    return [_batch_record(b, negatives_per_query, seed) for b in batches], len(dropped)
 
 
 def _batch_record(batch: list[dict], negatives_per_query: int, seed: int) -> dict:

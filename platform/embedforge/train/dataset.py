@@ -17,6 +17,7 @@ from embedforge.config.train import TrainConfig
 from embedforge.train.batching import (
     REQUIRED_COLUMNS,
     mix_counts,
+    pack_leftovers,
     plan_group_batches,
     row_problem,
     tokenize_rows,
@@ -58,13 +59,33 @@ def tokenize_frame(df: pd.DataFrame, backbone: str, query_max_length: int, passa
     return pd.DataFrame({k: out[k] for k in keep})
 
 
-def plan_frame(df: pd.DataFrame, global_batch_size: int, world_size: int, negatives_per_query: int, seed: int):
+BATCH_COLUMNS = ("order", "group", "ids", "query_ids", "positive_ids", "negative_ids", "num_negatives")
+
+
+def plan_frame(df: pd.DataFrame, global_batch_size: int, negatives_per_query: int, seed: int):
+    """One group's full batches, plus its leftover rows as one-row records (``leftover`` true) that
+    ``build_batches`` packs with the other groups' leftovers."""
     rows = df.to_dict("records")
     for r in rows:
         r["negative_ids"] = [list(n) for n in r["negative_ids"]]
-    records = plan_group_batches(rows, global_batch_size, world_size, negatives_per_query, seed)
-    columns = ("order", "group", "ids", "query_ids", "positive_ids", "negative_ids", "num_negatives")
-    return pd.DataFrame({c: [r[c] for r in records] for c in columns})
+    records, leftover = plan_group_batches(rows, global_batch_size, negatives_per_query, seed)
+    out = pd.DataFrame({c: [r[c] for r in records] for c in BATCH_COLUMNS})
+    out["leftover"], out["positive_key"] = False, ""
+    rest = pd.DataFrame({
+        "order": "", "group": [r["group"] for r in leftover], "ids": [[r["id"]] for r in leftover],
+        "query_ids": [[list(r["query_ids"])] for r in leftover],
+        "positive_ids": [[list(r["positive_ids"])] for r in leftover],
+        "negative_ids": [r["negative_ids"] for r in leftover],
+        "num_negatives": [len(r["negative_ids"]) for r in leftover],
+        "leftover": True, "positive_key": [r["positive_key"] for r in leftover],
+    })
+    return pd.concat([out, rest], ignore_index=True) if len(rest) else out
+
+
+def _leftover_rows(df: pd.DataFrame) -> list[dict]:
+    return [{"id": r["ids"][0], "group": r["group"], "positive_key": r["positive_key"],
+             "query_ids": list(r["query_ids"][0]), "positive_ids": list(r["positive_ids"][0]),
+             "negative_ids": [list(n) for n in r["negative_ids"]]} for r in df.to_dict("records")]
 
 
 def source_paths(train: TrainConfig, run_dir: Path) -> list[tuple[str, float, str]]:
@@ -100,6 +121,7 @@ def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
     (and mines) queries without their task. ``lengths``: (query, passage) token limits, from the root
     config's ``training_lengths()``.
     """
+    import ray.data
 
     sources = source_paths(train, run_dir)
     read = [read_valid_rows(path, key) for path, _, key in sources]
@@ -119,8 +141,6 @@ def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
             parts.append(ds.union(*[ds] * (-(-want // n_valid) - 1)).limit(want))
     mixed = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if train.mine_negatives:
-        import ray.data
-
         from embedforge.train.mining import mine_hard_negatives
 
         if mining_model is None:
@@ -135,16 +155,30 @@ def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
         fn_kwargs={"backbone": backbone, "query_max_length": lengths[0],
                    "passage_max_length": lengths[1], "instructions": instructions},
     )
-    batches = tokenized.groupby("group").map_groups(
+    planned = tokenized.groupby("group").map_groups(
         plan_frame, batch_format="pandas",
-        fn_kwargs={"global_batch_size": train.global_batch_size, "world_size": train.num_workers,
+        fn_kwargs={"global_batch_size": train.global_batch_size,
                    "negatives_per_query": train.negatives_per_query, "seed": seed},
-    ).sort("order").materialize()
+    ).materialize()
+    # Every step sees a whole global batch: the groups' leftovers (fewer than a batch each) are packed
+    # into mixed batches here, on the driver (at most global_batch_size - 1 rows per group); what fills
+    # no batch is dropped and counted.
+    leftovers = planned.filter(lambda r: r["leftover"]).to_pandas()
+    packed, dropped = pack_leftovers(_leftover_rows(leftovers), train.global_batch_size,
+                                     train.negatives_per_query, seed) if len(leftovers) else ([], 0)
+    full = planned.filter(lambda r: not r["leftover"]).select_columns(list(BATCH_COLUMNS))
+    if packed:
+        import pyarrow as pa
+
+        # Arrow blocks like the planned ones (Ray Data cannot sort a union of Arrow and pandas blocks).
+        full = full.union(ray.data.from_arrow(pa.Table.from_pylist([{c: r[c] for c in BATCH_COLUMNS} for r in packed])))
+    batches = full.sort("order").materialize()
     steps = batches.count()
     if steps == 0:
         raise DataError(
-            f"train.global_batch_size: {sum(counts)} valid rows form no batch of >= {train.num_workers} rows "
-            "with distinct positives in one group"
+            f"train.global_batch_size: {sum(counts)} valid rows fill no global batch of {train.global_batch_size} "
+            "rows with distinct positives; lower train.global_batch_size or add data"
         )
-    summary.update(mixed_rows=sum(counts), steps_per_epoch=steps)
+    summary.update(mixed_rows=sum(counts), steps_per_epoch=steps, mixed_batches=len(packed),
+                   rows_dropped_per_epoch=dropped)
     return batches, summary

@@ -21,6 +21,8 @@ class TrainResult(BaseModel):
     sources: list[dict[str, Any]]  # per data source: path, rows read, valid rows
     mixed_rows: int
     steps_per_epoch: int
+    mixed_batches: int = 0  # batches packed from the groups' leftovers (every step holds a whole batch)
+    rows_dropped_per_epoch: int = 0  # leftover rows that filled no batch
     total_steps: int
     final_metrics: dict[str, Any] = Field(default_factory=dict)  # the last step's reported metrics
     checkpoint: str | None
