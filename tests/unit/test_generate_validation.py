@@ -109,3 +109,39 @@ def test_real_eval_files_read_into_texts_the_index_matches_and_a_missing_one_nam
     assert len(scifact) > 1000
     with pytest.raises(FileNotFoundError, match="eval_files"):
         read_eval_texts(shared_data / "nope.tsv")
+
+
+def test_a_sampled_length_below_the_minimum_lowers_it_for_that_row():
+    """paper.yaml's min_words_long 20 rejected every long_short row whose prompt asked for "less than
+    10" words; the row's own sampled length now bounds what validation asks."""
+    short_input = json.dumps({"input_text": "great phone, battery lasts", "label": "positive",
+                              "misleading_label": "negative"})
+    t = load_template("long_short")
+    asked_short = {"num_words": "less than 10"}
+    assert validate_example(short_input, t, 1, 20, asked_short)["input_text"] == "great phone, battery lasts"
+    assert _reason(short_input, "long_short", min_words_long=20, values={"num_words": "at least 50"}) == "too_short"
+    assert _reason(short_input, "long_short", min_words_long=20) == "too_short"  # no values: the configured minimum
+
+
+@pytest.mark.parametrize("group", SYNTHETIC_GROUPS)
+def test_no_length_a_template_can_sample_is_rejected_by_validation(group):
+    from embedforge.generate.taxonomy import word_range
+    from embedforge.generate.validation import min_words
+
+    t = load_template(group)
+    assert set(t.length_of) <= set(t.keys) and set(t.length_of.values()) <= set(t.placeholders)
+    for key, placeholder in t.length_of.items():
+        for option in t.placeholders[placeholder]:
+            _, most = word_range(option)
+            least = min_words(key, t, 1, 20, {placeholder: option})
+            assert most is None or least <= most, (group, key, option, least)
+
+
+def test_word_ranges_of_the_papers_length_phrases():
+    from embedforge.generate.taxonomy import word_range
+
+    assert word_range("less than 10") == (1, 9)
+    assert word_range("less than 5 words") == (1, 4)
+    assert word_range("5 to 15 words") == (5, 15)
+    assert word_range("at least 10 words") == (10, None)
+    assert word_range(50) == (50, None)

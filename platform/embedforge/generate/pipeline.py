@@ -99,7 +99,8 @@ def parse_outcome(row: dict, min_words_short: int, min_words_long: int) -> dict:
             if row["kind"] == "brainstorm":
                 payload = parse_brainstorm(row["text"])
             else:
-                fields = validate_example(row["text"], template, min_words_short, min_words_long)
+                fields = validate_example(row["text"], template, min_words_short, min_words_long,
+                                          json.loads(row.get("values") or "{}"))
                 payload = to_row(fields, template, row, row["teacher"], (out["prompt_tokens"], out["completion_tokens"])).to_dict()
         except Rejected as exc:
             if row["finish_reason"] == "length" and exc.reason == "invalid_json":

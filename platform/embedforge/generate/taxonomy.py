@@ -33,6 +33,8 @@ class Template:
     long_keys: tuple[str, ...]
     task_instruction: str
     placeholders: dict[str, list] = field(default_factory=dict)
+    # Output key -> the placeholder that sets its length in the prompt ("less than 10", "5 to 15 words").
+    length_of: dict[str, str] = field(default_factory=dict)
     brainstorm: str | None = None
     fallback_tasks: tuple[str, ...] = ()
 
@@ -77,6 +79,7 @@ def load_template(group: str) -> Template:
         long_keys=tuple(raw.get("long_keys") or ()),
         task_instruction=raw["task_instruction"],
         placeholders={k: list(v) for k, v in (raw.get("placeholders") or {}).items()},
+        length_of=dict(raw.get("length_of") or {}),
         brainstorm=raw.get("brainstorm"),
         fallback_tasks=tuple(raw.get("fallback_tasks") or ()),
     )
@@ -116,6 +119,20 @@ def row_seed(run_seed: int, row_id: str) -> int:
     """A stable 31-bit seed per (run, row): Python's hash() is salted per process, so not that."""
     digest = hashlib.blake2b(f"{run_seed}:{row_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def word_range(option) -> tuple[int, int | None]:
+    """(fewest, most) words a length placeholder asks for: "less than 10" -> (1, 9), "5 to 15 words"
+    -> (5, 15), "at least 10 words" or a bare 50 ("at least {num_words} words") -> (n, None)."""
+    text = str(option).lower()
+    numbers = [int(n) for n in re.findall(r"\d+", text)]
+    if not numbers:
+        return 1, None
+    if "less than" in text or "fewer than" in text:
+        return 1, max(1, numbers[0] - 1)
+    if " to " in text and len(numbers) >= 2:
+        return numbers[0], numbers[1]
+    return numbers[0], None
 
 
 def weighted_choice(rng: random.Random, weights: dict[str, float]) -> str:

@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path
 
 from embedforge.formats import read_texts
-from embedforge.generate.taxonomy import Template
+from embedforge.generate.taxonomy import Template, word_range
 from embedforge.schema import TrainingRow
 
 REJECT_REASONS = (
@@ -103,8 +103,24 @@ def word_count(text: str) -> int:
     return len(_UNSPACED.sub(" ", text).split()) + unspaced
 
 
-def validate_example(text: str, template: Template, min_words_short: int = 1, min_words_long: int = 5) -> dict[str, str]:
-    """The group's fields of a teacher's output, or Rejected naming why not."""
+def min_words(key: str, template: Template, min_words_short: int, min_words_long: int,
+              values: dict | None = None) -> int:
+    """The fewest words ``key`` needs: ``min_words_long`` for the template's long keys, else
+    ``min_words_short`` — but never more than the prompt allowed: when the row's sampled length for the
+    key ("less than 10") tops out below that minimum, the minimum is the short one."""
+    least = min_words_long if key in template.long_keys else min_words_short
+    placeholder = template.length_of.get(key)
+    if values and placeholder in values:
+        _, most = word_range(values[placeholder])
+        if most is not None and most < least:
+            least = min(min_words_short, most)
+    return least
+
+
+def validate_example(text: str, template: Template, min_words_short: int = 1, min_words_long: int = 5,
+                     values: dict | None = None) -> dict[str, str]:
+    """The group's fields of a teacher's output, or Rejected naming why not. ``values``: the row's
+    sampled placeholders (its request's ``values``), which set how long a field may be."""
     data = _load_json(text)
     if not isinstance(data, dict):
         raise Rejected("invalid_json", "expected a JSON object")
@@ -124,7 +140,7 @@ def validate_example(text: str, template: Template, min_words_short: int = 1, mi
             raise Rejected("no_words", f"{key}={value!r:.60}")
         fields[key] = value
     for key, value in fields.items():
-        least = min_words_long if key in template.long_keys else min_words_short
+        least = min_words(key, template, min_words_short, min_words_long, values)
         if word_count(value) < least:
             raise Rejected("too_short", f"{key} has {word_count(value)} words, needs {least}")
     ordered = [template.query, template.positive, *template.negatives]
