@@ -50,6 +50,19 @@ def test_minilm_reproduces_published_stsb_and_banking77(ray_cluster, shared_data
     md = Path(out["summary"]["markdown"]).read_text()
     assert "| STSBenchmark | cosine_spearman |" in md and "0.8203 |" in md
     assert Path(out["summary"]["chart"]).stat().st_size > 1000
+    # Leaderboard-ready: results/<org__name>/<revision>/ as MTEB's results repository has them, with a
+    # ModelMeta mteb validates (parameters counted from the safetensors headers: MiniLM's 22.7 M).
+    from mteb.results import TaskResult
+
+    from embedforge.evaluate.leaderboard import load_saved_meta
+
+    board = Path(out["leaderboard_dir"])
+    assert board.parts[-3:-1] == ("results", "embedforge__evalrun")
+    meta = load_saved_meta(board)
+    assert (meta.name, meta.revision, meta.embed_dim, meta.max_tokens) == (
+        "embedforge/evalrun", out["encode_stats"]["evalrun"]["fingerprint"], 384, 257)
+    assert 22_000_000 < meta.n_parameters < 23_500_000 and meta.use_instructions is False
+    assert TaskResult.from_disk(board / "STSBenchmark.json").get_score() == pytest.approx(scores["STSBenchmark"])
 
 
 @pytest.fixture

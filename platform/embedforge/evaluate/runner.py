@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from embedforge.config.base import ConfigError
+from embedforge.evaluate.leaderboard import leaderboard_meta, save_result
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
 from embedforge.evaluate.tasks import local_task, named_task
@@ -41,6 +42,9 @@ class EvaluateResult(BaseModel):
     summary: dict[str, str]  # markdown / json / chart -> path
     encode_stats: dict[str, ModelEncodeStats]
     results_dir: str
+    # The configured model's results in MTEB's results-repository layout, with its ModelMeta
+    # (results/<org__name>/<revision>/): copy it into a pull request to the leaderboard's repository.
+    leaderboard_dir: str = ""
 
 
 def build_tasks(ecfg) -> list:
@@ -91,10 +95,14 @@ def evaluate_model(cfg) -> EvaluateResult:
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     main_scores: dict[str, dict[str, float]] = {}
     stats: dict[str, dict] = {}
+    leaderboard_dir = None
     try:
         for label, spec, use_instr in runs:
             model = EmbedforgeModel(spec, label, instructions=use_instr, task_instructions=ecfg.task_instructions,
                                     cache_dir=cache_dir, shard=shard)
+            # The configured model (the first run) also gets the leaderboard's layout and ModelMeta.
+            meta = None if label != cfg.run.name else leaderboard_meta(
+                model.mteb_model_meta, spec.resolved_path(), [d.name for d in cfg.generate.labeled], use_instr)
             main_scores[label] = {}
             t0 = time.time()
             for task in tasks:
@@ -104,6 +112,8 @@ def evaluate_model(cfg) -> EvaluateResult:
                 result_path = staging / "results" / label / f"{task.metadata.name}.json"
                 result_path.parent.mkdir(parents=True, exist_ok=True)
                 task_result.to_disk(result_path)
+                if meta is not None:
+                    leaderboard_dir = save_result(staging / "mteb", task_result, meta)
                 main_scores[label][task.metadata.name] = float(task_result.get_score())
             stats[label] = ModelEncodeStats(texts=model.stats.texts, cache_hits=model.stats.cache_hits,
                                             encoded_local=model.stats.encoded_local,
@@ -121,4 +131,5 @@ def evaluate_model(cfg) -> EvaluateResult:
             shutil.rmtree(staging, ignore_errors=True)
     files = {k: str(out_dir / Path(v).name) for k, v in files.items()}
     return EvaluateResult(output_dir=str(out_dir), scores=main_scores, summary=files, encode_stats=stats,
-                          results_dir=str(out_dir / "results"))
+                          results_dir=str(out_dir / "results"),
+                          leaderboard_dir=str(out_dir / leaderboard_dir.relative_to(staging)) if leaderboard_dir else "")
