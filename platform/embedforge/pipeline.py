@@ -115,12 +115,19 @@ def stage_split(cfg, run_dir: Path, results: dict) -> SplitResult:
     return run_split(cfg.pipeline, run_dir / "data", run_dir / "pipeline")
 
 
-def stage_train(cfg, run_dir: Path, results: dict) -> TrainResult:
+def training_sources(cfg, run_dir: Path, results: dict) -> list[dict]:
+    """The configured sources plus the run's data: the split's training part, or — with no split stage
+    (configs/paper.yaml: no held-out queries are taken from the training data) — all of it."""
     sources = [s.model_dump() for s in cfg.train.data]
-    split_data = results["split"].train_data
-    if split_data not in [s["path"] for s in sources]:
-        sources.append({"path": split_data, "ratio": 1.0})
-    return train_model(with_values(cfg, **{"train.data": sources}))
+    split = "split" in cfg.pipeline.stages and "split" in results
+    run_data = results["split"].train_data if split else str(run_dir / "data")
+    if run_data not in [s["path"] for s in sources]:
+        sources.append({"path": run_data, "ratio": 1.0})
+    return sources
+
+
+def stage_train(cfg, run_dir: Path, results: dict) -> TrainResult:
+    return train_model(with_values(cfg, **{"train.data": training_sources(cfg, run_dir, results)}))
 
 
 def tuned_model(cfg, results: dict) -> EmbedforgeConfig:
@@ -130,7 +137,8 @@ def tuned_model(cfg, results: dict) -> EmbedforgeConfig:
 
 def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
     local = [t.model_dump() for t in cfg.evaluate.local_tasks]
-    local.append({"kind": "beir", "path": results["split"].heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
+    if "split" in cfg.pipeline.stages and "split" in results:
+        local.append({"kind": "beir", "path": results["split"].heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
     baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
     if cfg.pipeline.compare_with_backbone:
         baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": True})

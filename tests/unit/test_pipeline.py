@@ -64,3 +64,18 @@ def test_pipeline_stage_names_validated():
 
     with pytest.raises(ConfigError, match="pipeline.stages"):
         load_config(None, ["pipeline.stages=[generate, deploy]"])
+
+
+def test_without_a_split_stage_training_takes_all_the_runs_data(tmp_path):
+    from embedforge.pipeline import training_sources
+    from embedforge.split import SplitResult
+
+    split = SplitResult(train_data=str(tmp_path / "pipeline" / "train_data"), heldout_dir=str(tmp_path / "heldout"),
+                        train_rows=10, heldout_queries=4, heldout_corpus=8)
+    with_split = load_config(None, ["train.data=[{path: /data/seed}]"])
+    assert [s["path"] for s in training_sources(with_split, tmp_path, {"split": split})] == [
+        "/data/seed", split.train_data]
+    # paper.yaml: no split stage; a split marker left by another run is not used.
+    paper = load_config("configs/paper.yaml", [])
+    assert "split" not in paper.pipeline.stages and paper.pipeline.compare_with_backbone is False
+    assert [s["path"] for s in training_sources(paper, tmp_path, {"split": split})] == [str(tmp_path / "data")]
