@@ -132,12 +132,22 @@ def describe_cluster_choice() -> str:
     return f"stages join {why}" if address else why
 
 
-FORWARDED_ENV = ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT", "HF_HOME",
-                 "HF_HUB_CACHE")
+FORWARDED_ENV = ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE")
+# Secrets forwarded by name too, but not as runtime_env env_vars: Ray's runtime-env agent writes those,
+# values included, to runtime_env_agent.log ("Creating runtime env: {...}"). They travel in a worker
+# setup hook instead (a pickled function in the GCS, never written to a log).
+FORWARDED_SECRETS = ("HF_TOKEN",)
+
+
+def _set_env_in_worker(values: dict[str, str]):
+    def setup() -> None:
+        os.environ.update(values)
+
+    return setup
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             local_env: Callable[[], dict[str, str] | None] | None = None, **kwargs):
+             local_env: Callable[[], dict[str, str] | None] | None = None, loopback: bool = False, **kwargs):
     """Join the cluster the user chose: ``address``, else ``RAY_ADDRESS`` (also what ``ray job
     submit`` gives its driver), else a cluster ``ray start`` left running on this machine. Otherwise
     start a private local instance — never join a private instance another process started.
@@ -161,11 +171,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     env_vars = dict(runtime_env.get("env_vars", {}))
     # Forwarded by name to every worker and actor on every node (the cluster's nodes were started
     # without them): where models are cached, and how the hub is reached — HF_TOKEN for private or
-    # gated backbones (its value goes to the workers' environments only, never to a file or a log).
+    # gated backbones goes by the setup hook below (its value reaches the workers' environments only).
     for var in FORWARDED_ENV:
         if var in os.environ:
             env_vars.setdefault(var, os.environ[var])
     runtime_env["env_vars"] = env_vars
+    secrets = {var: os.environ[var] for var in FORWARDED_SECRETS if os.environ.get(var)}
+    if secrets and "worker_process_setup_hook" not in runtime_env:
+        runtime_env["worker_process_setup_hook"] = _set_env_in_worker(secrets)
     address = address or chosen_cluster()[0]
     init_kwargs = dict(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=True, **kwargs)
     if address and address != "local":
@@ -175,15 +188,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if num_cpus is not None:
         init_kwargs["num_cpus"] = num_cpus
     _apply_env(local_env)
-    _bind_private_instance_to_loopback()
+    if loopback:
+        _bind_private_instance_to_loopback()
     # address="local" keeps Ray itself from re-reading RAY_ADDRESS or searching for other instances.
     ray.init(address="local", **init_kwargs)
     return ray
 
 
 def _bind_private_instance_to_loopback() -> None:
-    """A private instance is one machine: its node address is 127.0.0.1, so Ray's services bind to
-    loopback — its metrics port (Prometheus, no auth) among them — not to every interface.
+    """For ``embedforge serve``'s own instance (``init_ray(loopback=True)``): its node address is
+    127.0.0.1, so Ray's services bind to loopback — its metrics port (Prometheus, no auth) among them —
+    not to every interface of a machine that serves the public.
+
+    Only there: two private instances both on 127.0.0.1 collide (the second one's start hung in
+    ``tests/integration/test_ray_join.py``), while one on loopback beside one on the machine's address
+    (``embedforge serve`` and a pipeline in another terminal) do not.
 
     Ray has no setting for this on Linux: it replaces a loopback ``_node_ip_address`` with the
     machine's own address unless its cluster mode is off, which is what it does on macOS and Windows

@@ -68,7 +68,8 @@ def test_a_private_backbone_without_a_token_fails_naming_hf_token(hub, tmp_path)
 
 def test_ray_workers_get_the_token_by_name_and_it_lands_in_no_ray_log(hub, tmp_path, ray_cluster):
     """The session cluster's nodes were started without HF_TOKEN (and with HF_HUB_OFFLINE=1): a
-    driver that has them forwards them to its tasks through init_ray, by name."""
+    driver that has them forwards them to its tasks through init_ray, by name. (Forwarded as runtime_env
+    env_vars, the token was written to runtime_env_agent.log: this test caught it.)"""
     driver = textwrap.dedent(f"""
         import os, ray
         from embedforge.ray_utils import init_ray
@@ -77,12 +78,12 @@ def test_ray_workers_get_the_token_by_name_and_it_lands_in_no_ray_log(hub, tmp_p
         @ray.remote
         def on_a_worker():
             from embedforge.models import resolve_backbone
-            return os.getpid(), resolve_backbone({REPO_ID!r})
+            return os.environ.get("HF_TOKEN") == {TOKEN!r}, resolve_backbone({REPO_ID!r})
 
-        print(ray.get(on_a_worker.remote()))
+        has_token, path = ray.get(on_a_worker.remote())
+        assert has_token and os.path.isfile(os.path.join(path, "model.safetensors")), (has_token, path)
     """)
-    env = _env(hub, tmp_path / "hf")
-    env.update(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    env = {**ray_cluster["env"], **_env(hub, tmp_path / "hf"), "RAY_ADDRESS": ray_cluster["address"]}
     r = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sum(hub.downloads.values()) > 0 and hub.authorizations.get(f"Bearer {TOKEN}", 0) > 0

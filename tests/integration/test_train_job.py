@@ -139,9 +139,12 @@ def test_outputs_load_and_sentence_transformers_matches_encoder(resumed_run, smo
     np.testing.assert_allclose(Encoder(merged, tok, max_length=64).encode(texts), enc.encode(texts), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     """Kill one Ray Train worker process after the first checkpoint: Ray restarts the worker group
-    from that checkpoint (FailureConfig.max_failures) and the run finishes (~3 min on 2 cores)."""
+    from that checkpoint (FailureConfig.max_failures) and the run finishes (~3 min idle on 2 cores,
+    338 s in CI's conditions). Left out of CI (slow) to keep it near an hour: resuming from a checkpoint
+    is covered there by the driver-kill test above; this one adds Ray Train's own worker restart."""
     import os
     import signal
 

@@ -30,7 +30,7 @@ def serve_endpoint(cfg, block: bool = True) -> ServeInfo:
     # machine. When this call starts the local Ray instance, the replica (the product) runs at normal
     # priority instead; a cluster started apart needs RAY_worker_niceness=0 in `ray start`'s environment.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    init_ray(local_env=lambda: serve_ingress_env(cfg.serve))
+    init_ray(local_env=lambda: serve_ingress_env(cfg.serve), loopback=True)
     check_replicas_fit(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix, blocking=False)
