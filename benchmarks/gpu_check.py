@@ -479,15 +479,11 @@ def main(argv=None) -> int:
 def run_smoke_first(device: str) -> list[dict]:
     """gpu_smoke.py's paths on a Ray instance of their own, shut down before the throughput run so
     the device's memory is free again."""
-    import tempfile
-
     import ray
 
     from gpu_smoke import run_smoke
 
-    os.environ.setdefault("RAY_ADDRESS", "local")
-    with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as work:
-        records = run_smoke(device, Path(work))
+    records = run_smoke(device)
     ray.shutdown()
     free_memory(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
     return records

@@ -99,7 +99,14 @@ def _record(name: str, fn) -> dict:
     return {"path": name, "pass": ok, "seconds": round(seconds, 1), "detail": detail}
 
 
-def run_smoke(device: str, work: Path) -> list[dict]:
+def run_smoke(device: str) -> list[dict]:
+    """Every path, in a scratch directory, on a local Ray instance of its own unless RAY_ADDRESS names one."""
+    os.environ.setdefault("RAY_ADDRESS", "local")
+    with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as work:
+        return _run_paths(device, Path(work))
+
+
+def _run_paths(device: str, work: Path) -> list[dict]:
     import numpy as np
 
     from embedforge.ray_utils import free_port, init_ray, serve_ingress_env
@@ -170,9 +177,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("RAY_ADDRESS", "local")
-    with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as work:
-        records = run_smoke(args.device, Path(work))
+    records = run_smoke(args.device)
     (out / "gpu_smoke.json").write_text(json.dumps({"device": args.device, "paths": records}, indent=2))
     return 0 if all(r["pass"] for r in records) else 1
 

@@ -61,10 +61,16 @@ def json_error(message: str, type_: str, code: str) -> str:
                       separators=(",", ":"))
 
 
+def ingress_error_body(status: int) -> str:
+    """The JSON body of one of ``INGRESS_ERRORS``."""
+    _, type_, code, message = INGRESS_ERRORS[status]
+    return json_error(message, type_, code)
+
+
 def errorfile_text(status: int) -> str:
     """A raw HTTP response for HAProxy's ``errorfile``: JSON body, exact length, connection closed."""
-    reason, type_, code, message = INGRESS_ERRORS[status]
-    body = json_error(message, type_, code)
+    reason = INGRESS_ERRORS[status][0]
+    body = ingress_error_body(status)
     retry = f"Retry-After: {RETRY_AFTER_S}\r\n" if status == 503 else ""
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{retry}"
             f"Cache-Control: no-cache\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n{body}")
@@ -113,7 +119,7 @@ def harden_config(text: str, admin_host: str, error_dir: str, header_timeout_s: 
                                    f"{{ req.hdrs,length gt {MAX_HEADER_BYTES} }}"))
                 out.extend(_health_rules(replicas))
             elif section == "backend default_backend":
-                out.append(_return(503, json_error(INGRESS_ERRORS[503][3], "server_error", "unavailable"),
+                out.append(_return(503, ingress_error_body(503),
                                    "{ path_sub /v1/ }", retry_after=True))
                 out.append(_return(404, json_error("no such route", "invalid_request_error", "not_found"), "TRUE"))
             continue
@@ -140,7 +146,7 @@ def harden_config(text: str, admin_host: str, error_dir: str, header_timeout_s: 
 
 
 def _fallback_not_found_rule(server: str) -> str:
-    body = _quoted(json_error(INGRESS_ERRORS[503][3], "server_error", "unavailable"))
+    body = _quoted(ingress_error_body(503))
     return (f"    http-response return status 503 content-type application/json string {body} "
             f"hdr Retry-After {RETRY_AFTER_S} if {{ status 404 }} {{ srv_name -m str {server} }}")
 
