@@ -1,4 +1,4 @@
-"""Encoding throughput of the evaluation's Ray Data path vs. sentence-transformers' own ``encode``.
+"""Encoding throughput of the evaluation's encoding pool vs. sentence-transformers' own ``encode``.
 
 Same model, same texts, one run: sentence-transformers ``encode`` in this process (the baseline),
 then ``embedforge.encode_pool.encode_on_pool`` with 1 actor (goal: ratio >= 0.9) and with 2
@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--actors", default="1,2")
     ap.add_argument("--batch-size", type=int, default=64, help="sentence-transformers batch size (rows)")
-    ap.add_argument("--ray-batch-size", type=int, default=256, help="rows per Ray Data batch")
+    ap.add_argument("--ray-batch-size", type=int, default=256, help="rows per batch sent to an actor")
     args = ap.parse_args()
 
     import numpy as np

@@ -7,7 +7,7 @@ saved with a tokenizer, so nothing is downloaded):
             CPU) runs ``train_loop_per_worker`` for 3 steps — LoRA, DeepSpeed ZeRO-3 (partitioned
             loading), gradient caching — then the export task merges and writes the
             sentence-transformers directory;
-  encode    the evaluation stage's Ray Data encoding (``encode_on_pool``) on one actor holding the
+  encode    the evaluation stage's encoding pool (``encode_on_pool``) on one actor holding the
             device, over the trained model;
   serve     ``serve_endpoint``: a Ray Serve replica on the device answers one request from the
             official ``openai`` client.

@@ -10,7 +10,7 @@ Encoding such a directory through the Encoder instead of through sentence-transf
 sentence-transformers' vectors (cosine >= 0.99999, tests/unit/test_embedders.py) and all-MiniLM-L6-v2's
 published MTEB scores (tests/integration/test_evaluate.py), so there is no second backend.
 
-No Ray here: ``embedforge.encode_pool`` runs embedders on a Ray Data actor pool.
+No Ray here: ``embedforge.encode_pool`` runs embedders on a pool of Ray actors.
 """
 
 from __future__ import annotations

@@ -1,10 +1,17 @@
-"""Encode a text list on a Ray Data actor pool: rows ``{id, text, instruction}`` -> ``map_batches``
-on ``num_actors`` actors (each builds its embedder once, with ``load_embedder``) -> embeddings joined
-back by id on the driver, in input order. Evaluation and hard-negative mining both encode this way.
+"""The one encoding pool: ``num_actors`` Ray actors, each holding one embedder (``load_embedder``),
+started once and reused for every encode call of a run. Evaluation (every task, queries and
+documents alike), hard-negative mining and the serve smoke check encode this way, so the driver never
+loads model weights: on a cluster whose head has no GPU, every forward pass runs where the actors'
+resources (``num_gpus`` per actor) put them.
 
-Rows are sorted by length before the dataset is built, so every batch holds texts of similar
-length (little padding); ``on_batch`` sees each finished batch as it streams in (evaluation stores
-it in its on-disk cache, so an interrupted run keeps whatever was done).
+Plain actors rather than a Ray Data ``map_batches`` pool: Ray Data builds its actor pool per dataset,
+so each encode call (one per task and side) loaded the model again — a 7B model dozens of times per
+MTEB run. Here the model is loaded once per actor (``EncodingPool.model_loads``).
+
+Rows are sorted by length before they are cut into batches, so every batch holds texts of similar
+length (little padding). Each actor has at most one batch in flight, so the driver holds at most
+``num_actors`` finished batches at a time; ``on_batch`` sees each as it comes back (evaluation stores it
+in its on-disk cache, so an interrupted run keeps whatever was done).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import numpy as np
 
 
 class EmbedderActor:
-    """One model replica; Ray Data calls it with a batch of rows ``{id, text, instruction}``."""
+    """One model replica; ``encode`` takes a batch of rows as columns ``{id, text, instruction}``."""
 
     def __init__(self, spec, num_threads: int | None = None):
         import torch
@@ -27,7 +34,14 @@ class EmbedderActor:
             torch.set_num_threads(num_threads)
         self.embedder = load_embedder(spec)
 
-    def __call__(self, batch: dict) -> dict:
+    def describe(self) -> dict:
+        import os
+        import socket
+
+        return {"dim": self.embedder.dim, "max_length": self.embedder.max_length, "pid": os.getpid(),
+                "host": socket.gethostname()}
+
+    def encode(self, batch: dict) -> dict:
         texts = [str(t) for t in batch["text"]]
         instructions = [str(i) for i in batch["instruction"]]
         vecs = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
@@ -40,10 +54,20 @@ class EmbedderActor:
 
 def length_sorted_rows(texts: Sequence[str], instructions: Sequence[str | None] | None = None) -> list[dict]:
     """Rows ``{id, text, instruction}`` longest first (characters stand in for tokens: no tokenizer on
-    the driver); a missing instruction is "" (Arrow columns hold one type)."""
+    the driver); a missing instruction is ""."""
     instructions = instructions if instructions is not None else [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     return [{"id": i, "text": texts[i], "instruction": instructions[i] or ""} for i in order]
+
+
+def column_batches(rows: list[dict], batch_size: int) -> list[dict]:
+    """Consecutive rows cut into batches of ``batch_size``, each as columns (what an actor takes)."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        out.append({"id": [r["id"] for r in chunk], "text": [r["text"] for r in chunk],
+                    "instruction": [r["instruction"] for r in chunk]})
+    return out
 
 
 def join_by_id(n: int, dim: int | None, batches) -> np.ndarray:
@@ -66,70 +90,100 @@ def join_by_id(n: int, dim: int | None, batches) -> np.ndarray:
 
 
 def actor_cpus(num_actors: int, requested: float | None = None) -> float:
-    """``requested``, or else the cluster's CPUs shared among the actors (at least one each)."""
+    """``requested``, or else the cluster's CPUs shared among the actors (at least one each), but never
+    more than the largest node has: an actor lives on one node."""
     if requested:
         return float(requested)
     import ray
 
-    return max(1.0, float(ray.cluster_resources().get("CPU", 1.0)) // num_actors)
+    per_node = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    share = float(ray.cluster_resources().get("CPU", 1.0)) // num_actors
+    return max(1.0, min(share, max(per_node, default=share)))
 
 
-def encode_on_pool(
-    spec,
-    texts: Sequence[str],
-    instructions: str | Sequence[str | None] | None = None,
-    *,
-    num_actors: int = 1,
-    cpus_per_actor: float | None = None,
-    gpus_per_actor: float = 0.0,
-    batch_size: int = 256,
-    on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
-    stage: str = "encode",
-    settings: str = "",
-    resource_check: str = "fail",
-) -> np.ndarray:
-    """``(len(texts), dim)`` float32 embeddings in input order, computed by ``num_actors`` Ray actors.
+class EncodingPool:
+    """``num_actors`` embedder actors for one model; a context manager (the actors end with it).
 
     ``spec``: a picklable ``model`` section (``embedforge.embedders.EmbedderSpec``).
-    ``instructions``: one for every text, or one per text (None / "" = encoded as it is).
     ``cpus_per_actor``: None = the cluster's CPUs shared among the actors (``actor_cpus``).
     Before any actor starts, the cluster must be able to hold them all (``run.resource_check``): a
     pool that cannot fit would wait forever; the error names ``stage`` and the config keys in ``settings``.
+    Construction waits until every actor has loaded its model, so a model that fails to load fails here.
     """
-    from embedforge.ray_utils import check_capacity, format_resources, init_ray
 
-    ray = init_ray()
-    n = len(texts)
-    if n == 0:
+    streams_batches = True  # encode() hands finished batches to on_batch as they arrive
+
+    def __init__(self, spec, *, num_actors: int = 1, cpus_per_actor: float | None = None,
+                 gpus_per_actor: float = 0.0, batch_size: int = 256, stage: str = "encode", settings: str = "",
+                 resource_check: str = "fail"):
+        from embedforge.ray_utils import check_capacity, format_resources, init_ray
+
+        ray = init_ray()
+        if num_actors < 1:
+            raise ValueError(f"{stage}: num_actors must be >= 1, got {num_actors}")
+        cpus = actor_cpus(num_actors, cpus_per_actor)
+        actor = {"CPU": cpus, "GPU": float(gpus_per_actor)}
+        check_capacity(stage, [actor] * num_actors,
+                       f"{num_actors} encoding actors × {format_resources(actor)}" + (f" ({settings})" if settings else ""),
+                       mode=resource_check)
+        self.batch_size = max(1, int(batch_size))
+        remote = ray.remote(EmbedderActor).options(num_cpus=cpus, num_gpus=float(gpus_per_actor),
+                                                   max_restarts=1, max_task_retries=2)
+        self._actors = [remote.remote(spec, num_threads=max(1, int(cpus))) for _ in range(num_actors)]
+        try:
+            self.actors_info = ray.get([a.describe.remote() for a in self._actors])
+        except BaseException:
+            self.close()
+            raise
+        self.dim = int(self.actors_info[0]["dim"])
+        self.max_length = int(self.actors_info[0]["max_length"])
+        # One model load per actor for the pool's whole life (tests count these).
+        self.model_loads = len(self._actors)
+
+    def encode(self, texts: Sequence[str], instruction: str | Sequence[str | None] | None = None, *,
+               show_progress: bool | None = None,
+               on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+        """``(len(texts), dim)`` float32 embeddings in input order. ``instruction``: one for every
+        text, or one per text (None / "" = encoded as it is)."""
+        from ray.util import ActorPool
+
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        instructions = [instruction] * n if instruction is None or isinstance(instruction, str) else list(instruction)
+        if len(instructions) != n:
+            raise ValueError(f"encode: {len(instructions)} instructions for {n} texts")
+        batches = column_batches(length_sorted_rows(texts, instructions), self.batch_size)
+        done = ActorPool(self._actors).map_unordered(lambda actor, batch: actor.encode.remote(batch), batches)
+
+        def stream():
+            for result in done:
+                ids, vecs = result["id"], np.asarray(result["embedding"], dtype=np.float32)
+                if on_batch is not None:
+                    on_batch(ids, vecs)
+                yield ids, vecs
+
+        return join_by_id(n, self.dim, stream())
+
+    def close(self) -> None:
+        import ray
+
+        for actor in getattr(self, "_actors", []):
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+
+    def __enter__(self) -> EncodingPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def encode_on_pool(spec, texts: Sequence[str], instructions: str | Sequence[str | None] | None = None, *,
+                   on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None, **pool_options) -> np.ndarray:
+    """One encode call on a pool of its own (mining, the serve smoke check): ``EncodingPool(spec,
+    **pool_options)`` for the duration of the call."""
+    if len(texts) == 0:
         raise ValueError("encode_on_pool: no texts to encode")
-    if instructions is None or isinstance(instructions, str):
-        instructions = [instructions] * n
-    if len(instructions) != n:
-        raise ValueError(f"encode_on_pool: {len(instructions)} instructions for {n} texts")
-    cpus = actor_cpus(num_actors, cpus_per_actor)
-    actor = {"CPU": cpus, "GPU": float(gpus_per_actor)}
-    check_capacity(stage, [actor] * num_actors,
-                   f"{num_actors} encoding actors × {format_resources(actor)}" + (f" ({settings})" if settings else ""),
-                   mode=resource_check)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.verbose_progress = False
-    ds = ray.data.from_items(length_sorted_rows(texts, instructions))
-    ds = ds.map_batches(
-        EmbedderActor,
-        fn_constructor_kwargs={"spec": spec, "num_threads": max(1, int(cpus))},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus,
-        num_gpus=gpus_per_actor or None,
-    )
-
-    def stream():
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-            ids, vecs = batch["id"], np.asarray(batch["embedding"], dtype=np.float32)
-            if on_batch is not None:
-                on_batch(ids, vecs)
-            yield ids, vecs
-
-    return join_by_id(n, None, stream())
+    with EncodingPool(spec, **pool_options) as pool:
+        return pool.encode(texts, instructions, on_batch=on_batch)

@@ -16,13 +16,19 @@ INSTRUCTION = "Retrieve semantically similar text"
 
 
 def evaluation_vectors(cfg, instruction: str | None, on_ray: bool) -> np.ndarray:
+    from embedforge.encode_pool import EncodingPool
     from embedforge.evaluate.spec import ModelSpec
-    from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
+    from embedforge.evaluate.wrapper import EmbedforgeModel
 
-    model = EmbedforgeModel(ModelSpec.of(cfg.model), "test/embedders", cache_dir="",
-                            shard=ShardSettings(retrieval_corpus=False, batch_size=2))
-    vecs = model.encode_texts(TEXTS, instruction, force_shard=on_ray)
-    assert (model.stats.encoded_ray, model.stats.encoded_local) == ((len(TEXTS), 0) if on_ray else (0, len(TEXTS)))
+    spec = ModelSpec.of(cfg.model)
+    pool = EncodingPool(spec, num_actors=1, cpus_per_actor=1, batch_size=2) if on_ray else None
+    try:
+        model = EmbedforgeModel(spec, "test/embedders", encoder=pool, cache_dir="", batch_size=2)
+        vecs = model.encode_texts(TEXTS, instruction)
+    finally:
+        if pool is not None:
+            pool.close()
+    assert model.stats.encoded == len(TEXTS) and (pool is not None) == on_ray
     return vecs
 
 

@@ -95,7 +95,7 @@ def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokeniz
     from mteb._create_dataloaders import _create_dataloader_from_texts
 
     from embedforge.evaluate.spec import ModelSpec
-    from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
+    from embedforge.evaluate.wrapper import EmbedforgeModel
     from embedforge.testing import tiny_model
 
     d = tmp_path / "tiny"
@@ -106,11 +106,10 @@ def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokeniz
     meta = mteb.get_task("STSBenchmark").metadata
     vecs = {}
     for use in (True, False):
-        model = EmbedforgeModel(spec, "test/tiny", instructions=use, cache_dir="",
-                                shard=ShardSettings(retrieval_corpus=False))
+        model = EmbedforgeModel(spec, "test/tiny", instructions=use, cache_dir="")
         vecs[use] = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                                  hf_subset="default", prompt_type="query")
-    plain = model.embedder.encode(texts)
+    plain = model.encoder.encode(texts)
     np.testing.assert_allclose(vecs[False], plain, atol=1e-5)
     assert not np.allclose(vecs[True], plain, atol=1e-3)
 

@@ -1,4 +1,4 @@
-"""MTEB evaluation with the paper's instructions and Ray-sharded, cached corpus encoding."""
+"""MTEB evaluation with the paper's instructions, encoded by a pool of Ray actors, cached on disk."""
 from __future__ import annotations
 
 import os
@@ -74,14 +74,12 @@ class EvaluateConfig(Section):
     # bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX (measured on this
     # repo's 2-core EPYC box); a published-score check of a sentence-transformers baseline wants float32.
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    # Text lists at least this long (and every retrieval corpus) are encoded by Ray Data actors.
-    shard_threshold: int = Field(2048, ge=1)
-    shard_retrieval_corpus: bool = True
-    # Ray actors, one model replica each; cpus_per_actor None = the cluster's CPUs / num_actors.
+    # The encoding pool: Ray actors, one model replica each, started once per model and reused by every
+    # task (the driver loads no weights); cpus_per_actor None = the cluster's CPUs / num_actors.
     num_actors: int = Field(1, ge=1)
     cpus_per_actor: float | None = Field(None, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
-    # Rows per Ray Data batch (each batch is length-sorted and then token-budgeted by the encoder).
+    # Rows per batch sent to an actor (length-sorted, then token-budgeted by the encoder).
     ray_batch_size: int = Field(256, ge=1)
     # None: <run.output_dir>/<run.name>/embedding_cache; "" turns the cache off.
     cache_dir: str | None = None

@@ -20,16 +20,17 @@ from embedforge.evaluate.leaderboard import leaderboard_meta, save_result
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
 from embedforge.evaluate.tasks import local_task, named_task
-from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
+from embedforge.evaluate.wrapper import EmbedforgeModel
 
 
 class ModelEncodeStats(BaseModel):
-    """How one model's texts were encoded: all of them, served from the cache, in the driver, on Ray."""
+    """How one model's texts were encoded: all of them, served from the cache, computed by its pool."""
 
     texts: int
     cache_hits: int
-    encoded_local: int
-    encoded_ray: int
+    encoded: int
+    encode_calls: int  # every task and side of the run, one pool
+    model_loads: int  # the model loaded once per pool actor for the whole run (evaluate.num_actors)
     seconds: float
     fingerprint: str
 
@@ -88,36 +89,41 @@ def evaluate_model(cfg) -> EvaluateResult:
         spec.resolved_path()  # a missing model path fails here, before any encoding
     import mteb
 
-    shard = ShardSettings(threshold=ecfg.shard_threshold, retrieval_corpus=ecfg.shard_retrieval_corpus,
-                          num_actors=ecfg.num_actors, cpus_per_actor=ecfg.cpus_per_actor,
-                          gpus_per_actor=ecfg.gpus_per_actor, batch_size=ecfg.ray_batch_size,
-                          resource_check=cfg.run.resource_check)
+    from embedforge.encode_pool import EncodingPool
+
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     main_scores: dict[str, dict[str, float]] = {}
     stats: dict[str, dict] = {}
     leaderboard_dir = None
     try:
         for label, spec, use_instr in runs:
-            model = EmbedforgeModel(spec, label, instructions=use_instr, task_instructions=ecfg.task_instructions,
-                                    cache_dir=cache_dir, shard=shard)
-            # The configured model (the first run) also gets the leaderboard's layout and ModelMeta.
-            meta = None if label != cfg.run.name else leaderboard_meta(
-                model.mteb_model_meta, spec.resolved_path(), [d.name for d in cfg.generate.labeled], use_instr)
-            main_scores[label] = {}
+            # One pool per model for the whole run: every task and side reuses its actors (the driver
+            # loads no weights; a model is loaded once per actor).
             t0 = time.time()
-            for task in tasks:
-                result = mteb.evaluate(model, task, cache=None, overwrite_strategy="always",
-                                       show_progress_bar=False, raise_error=True)
-                task_result = result.task_results[0]
-                result_path = staging / "results" / label / f"{task.metadata.name}.json"
-                result_path.parent.mkdir(parents=True, exist_ok=True)
-                task_result.to_disk(result_path)
-                if meta is not None:
-                    leaderboard_dir = save_result(staging / "mteb", task_result, meta)
-                main_scores[label][task.metadata.name] = float(task_result.get_score())
+            with EncodingPool(spec, num_actors=ecfg.num_actors, cpus_per_actor=ecfg.cpus_per_actor,
+                              gpus_per_actor=ecfg.gpus_per_actor, batch_size=ecfg.ray_batch_size, stage="evaluate",
+                              settings="evaluate.num_actors, evaluate.cpus_per_actor: unset = the cluster's "
+                                       "CPUs / actors, evaluate.gpus_per_actor",
+                              resource_check=cfg.run.resource_check) as pool:
+                model = EmbedforgeModel(spec, label, encoder=pool, instructions=use_instr,
+                                        task_instructions=ecfg.task_instructions, cache_dir=cache_dir)
+                # The configured model (the first run) also gets the leaderboard's layout and ModelMeta.
+                meta = None if label != cfg.run.name else leaderboard_meta(
+                    model.mteb_model_meta, spec.resolved_path(), [d.name for d in cfg.generate.labeled], use_instr)
+                main_scores[label] = {}
+                for task in tasks:
+                    result = mteb.evaluate(model, task, cache=None, overwrite_strategy="always",
+                                           show_progress_bar=False, raise_error=True)
+                    task_result = result.task_results[0]
+                    result_path = staging / "results" / label / f"{task.metadata.name}.json"
+                    result_path.parent.mkdir(parents=True, exist_ok=True)
+                    task_result.to_disk(result_path)
+                    if meta is not None:
+                        leaderboard_dir = save_result(staging / "mteb", task_result, meta)
+                    main_scores[label][task.metadata.name] = float(task_result.get_score())
             stats[label] = ModelEncodeStats(texts=model.stats.texts, cache_hits=model.stats.cache_hits,
-                                            encoded_local=model.stats.encoded_local,
-                                            encoded_ray=model.stats.encoded_ray,
+                                            encoded=model.stats.encoded, encode_calls=len(model.stats.calls),
+                                            model_loads=pool.model_loads,
                                             seconds=round(time.time() - t0, 2), fingerprint=model.fingerprint)
         score_names = {t.metadata.name: t.metadata.main_score for t in tasks}
         published = {n: b.published for n, b in ecfg.baselines.items() if b.published}

@@ -1,5 +1,6 @@
-"""An mteb 2.x encoder (``EncoderProtocol``) over an embedder (``embedforge.embedders``), with the
-paper's instructions, an on-disk embedding cache and Ray-sharded encoding of the large side.
+"""An mteb 2.x encoder (``EncoderProtocol``) with the paper's instructions and an on-disk embedding
+cache, over an encoder: the evaluation's ``EncodingPool`` (Ray actors, so the driver loads no model
+weights) or, for in-process use, an embedder from ``load_embedder``.
 
 mteb hands ``encode`` a DataLoader plus the task's metadata and ``prompt_type`` (query/document).
 Instructions: retrieval/reranking queries get ``Instruct: …\\nQuery: ``, their documents none;
@@ -13,34 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 
-from embedforge.embedders import load_embedder
 from embedforge.evaluate.cache import EmbeddingCache, namespace_key, text_hash
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.instructions import ASYMMETRIC_TYPES, instruction_for
 
 
 @dataclass
-class ShardSettings:
-    threshold: int = 2048
-    retrieval_corpus: bool = True
-    num_actors: int = 1
-    cpus_per_actor: float | None = None
-    gpus_per_actor: float = 0.0
-    batch_size: int = 256
-    resource_check: str = "fail"  # run.resource_check
-
-
-@dataclass
 class EncodeStats:
     texts: int = 0          # texts mteb asked for
     cache_hits: int = 0     # served from the cache (or repeated within a call)
-    encoded_local: int = 0  # encoded in this process
-    encoded_ray: int = 0    # encoded by Ray actors
+    encoded: int = 0        # texts the encoder computed
     calls: list = field(default_factory=list)
-
-    @property
-    def encoded(self) -> int:
-        return self.encoded_local + self.encoded_ray
 
 
 def task_instruction(task_name: str, task_type: str, prompt_type: str | None,
@@ -64,21 +48,29 @@ def _build_meta(name: str, max_length: int, fingerprint: str, dim: int, use_inst
 
 
 class EmbedforgeModel(AbsEncoder):
-    """mteb encoder over a ``ModelSpec``; ``stats`` counts what was encoded vs. served from cache."""
+    """mteb encoder over a ``ModelSpec``; ``stats`` counts what was encoded vs. served from cache.
 
-    def __init__(self, spec: ModelSpec, name: str = "embedforge/model", *, instructions: bool = True,
+    ``encoder``: what computes the vectors — anything with ``encode(texts, instruction)``, ``dim`` and
+    ``max_length``: the evaluation stage passes its ``EncodingPool``; None loads the spec's embedder in
+    this process (tests, small local use).
+    """
+
+    def __init__(self, spec: ModelSpec, name: str = "embedforge/model", *, encoder=None, instructions: bool = True,
                  task_instructions: dict[str, str] | None = None, cache_dir: str | None = None,
-                 shard: ShardSettings | None = None):
+                 batch_size: int = 256):
         self.spec = spec
         self.fingerprint = spec.fingerprint()  # also validates the paths, before any loading
-        self.embedder = load_embedder(spec)
-        self.model = self.embedder
+        if encoder is None:
+            from embedforge.embedders import load_embedder
+
+            encoder = load_embedder(spec)
+        self.encoder = encoder
         self.instructions = instructions
         self.task_instructions = dict(task_instructions or {})
         self.cache_dir = cache_dir
-        self.shard = shard or ShardSettings()
+        self.batch_size = max(1, batch_size)
         self.stats = EncodeStats()
-        self.mteb_model_meta = _build_meta(name, self.embedder.max_length, self.fingerprint, self.embedder.dim,
+        self.mteb_model_meta = _build_meta(name, self.encoder.max_length, self.fingerprint, self.encoder.dim,
                                            instructions)
         self._caches: dict[str | None, EmbeddingCache] = {}
 
@@ -90,8 +82,7 @@ class EmbedforgeModel(AbsEncoder):
         side = getattr(prompt_type, "value", prompt_type)
         instruction = (task_instruction(task_metadata.name, task_metadata.type, side, self.task_instructions)
                        if self.instructions else None)
-        large = (self.shard.retrieval_corpus and task_metadata.type in ASYMMETRIC_TYPES and side == "document")
-        return self.encode_texts(texts, instruction, force_shard=large)
+        return self.encode_texts(texts, instruction)
 
     # -- the work -------------------------------------------------------------------------------
     def cache_for(self, instruction: str | None) -> EmbeddingCache:
@@ -100,7 +91,7 @@ class EmbedforgeModel(AbsEncoder):
                                                        namespace_key(self.fingerprint, instruction))
         return self._caches[instruction]
 
-    def encode_texts(self, texts: list[str], instruction: str | None = None, force_shard: bool = False) -> np.ndarray:
+    def encode_texts(self, texts: list[str], instruction: str | None = None) -> np.ndarray:
         """Embeddings in input order: cached ones reused, unique missing texts encoded once."""
         cache = self.cache_for(instruction)
         keys = [text_hash(t) for t in texts]
@@ -113,28 +104,20 @@ class EmbedforgeModel(AbsEncoder):
         self.stats.texts += len(texts)
         self.stats.cache_hits += len(texts) - len(todo_texts)
         if todo_texts:
-            use_ray = force_shard or len(todo_texts) >= self.shard.threshold
-            if use_ray:
-                from embedforge.encode_pool import encode_on_pool
-
+            if getattr(self.encoder, "streams_batches", False):
+                # The pool hands back batches as they finish: each lands in the cache at once, so a
+                # killed run keeps every finished batch.
                 def store(ids, vecs):
                     cache.put_many([todo_keys[i] for i in ids], vecs)
 
-                encode_on_pool(self.spec, todo_texts, instruction, num_actors=self.shard.num_actors,
-                               cpus_per_actor=self.shard.cpus_per_actor, gpus_per_actor=self.shard.gpus_per_actor,
-                               batch_size=self.shard.batch_size, on_batch=store, stage="evaluate",
-                               settings="evaluate.num_actors, evaluate.cpus_per_actor: unset = the cluster's "
-                                        "CPUs / actors, evaluate.gpus_per_actor",
-                               resource_check=self.shard.resource_check)
-                self.stats.encoded_ray += len(todo_texts)
+                self.encoder.encode(todo_texts, instruction, on_batch=store)
             else:
-                step = max(1, self.shard.batch_size)
-                for i in range(0, len(todo_texts), step):
-                    vecs = self.embedder.encode(todo_texts[i:i + step], instruction, show_progress=False)
-                    cache.put_many(todo_keys[i:i + step], vecs)
-                self.stats.encoded_local += len(todo_texts)
-            self.stats.calls.append({"n": len(todo_texts), "ray": use_ray, "instruction": instruction})
+                for i in range(0, len(todo_texts), self.batch_size):
+                    vecs = self.encoder.encode(todo_texts[i:i + self.batch_size], instruction, show_progress=False)
+                    cache.put_many(todo_keys[i:i + self.batch_size], vecs)
+            self.stats.encoded += len(todo_texts)
+            self.stats.calls.append({"n": len(todo_texts), "instruction": instruction})
         found = cache.get_many(keys)
         if len(texts) == 0:
-            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)

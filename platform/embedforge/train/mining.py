@@ -2,7 +2,7 @@
 given embedding model retrieves for its query, excluding the query's positives (the paper mined the
 top-100 with mE5-base).
 
-The corpus is every distinct positive and negative of the rows. Embedding runs on the Ray Data actor
+The corpus is every distinct positive and negative of the rows. Embedding runs on the encoding
 pool (``embedforge.encode_pool``, one model replica per actor); the top-k search is a chunked matrix
 product.
 """
