@@ -84,6 +84,27 @@ def test_cache_persists_across_instances_and_namespaces(tmp_path):
         cache.put_many(keys, np.zeros((1, 2)))
 
 
+def test_store_indexes_whole_shards_only_and_reads_just_the_rows_asked(tmp_path):
+    from embedforge.evaluate.cache import INDEX_FILE
+
+    ns = namespace_key("fp", None)
+    cache = EmbeddingCache(tmp_path, ns)
+    keys = [text_hash(str(i)) for i in range(6)]
+    cache.put_many(keys[:4], np.arange(8, dtype=np.float32).reshape(4, 2))
+    cache.put_many(keys[2:3], np.array([[9, 9]], dtype=np.float32))  # re-encoded: the latest wins
+    # A shard renamed into place but never indexed (killed before the commit) is not in the store.
+    np.save(tmp_path / ns / "orphan.npy", np.ones((2, 2), dtype=np.float32))
+    fresh = EmbeddingCache(tmp_path, ns)
+    assert len(fresh) == 4 and fresh.shard_count() == 3 and (tmp_path / ns / INDEX_FILE).is_file()
+    got = fresh.get_many([keys[3], keys[2], keys[5]])
+    assert set(got) == {keys[3], keys[2]}  # keys[5] was never stored
+    assert np.array_equal(got[keys[3]], [6, 7]) and np.array_equal(got[keys[2]], [9, 9])
+    # Off (root None): nothing on disk, the instance's own vectors in memory.
+    off = EmbeddingCache(None, ns)
+    off.put_many(keys[:1], np.array([[1, 2]], dtype=np.float32))
+    assert not off.enabled and len(off) == 1 and np.array_equal(off.get_many(keys[:2])[keys[0]], [1, 2])
+
+
 def test_fingerprint_follows_files_and_settings(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     fp = model_fingerprint(str(tmp_path), pooling="last_token")
@@ -126,26 +147,25 @@ def test_wrapper_applies_instructions_and_caches(tmp_path, tiny_model_dir):
     from mteb.models import EncoderProtocol
 
     from embedforge.evaluate.spec import ModelSpec
-    from embedforge.evaluate.wrapper import EmbedforgeModel, ShardSettings
+    from embedforge.evaluate.wrapper import EmbedforgeModel
 
     spec = ModelSpec(backbone=tiny_model_dir, max_length=32)
-    local_only = ShardSettings(retrieval_corpus=False)  # no Ray in the unit tier
-    model = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"), shard=local_only)
+    model = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"))
     assert isinstance(model, EncoderProtocol)
-    assert model.mteb_model_meta.name == "test/tiny" and model.mteb_model_meta.embed_dim == model.embedder.dim
+    assert model.mteb_model_meta.name == "test/tiny" and model.mteb_model_meta.embed_dim == model.encoder.dim
     meta = mteb.get_task("SciFact").metadata
     texts = ["a claim about cells", "another claim", "a claim about cells"]
     q = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                      hf_subset="default", prompt_type="query")
     d = model.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                      hf_subset="default", prompt_type="document")
-    enc = model.embedder
+    enc = model.encoder  # no encoder given: the spec's embedder in this process (no Ray in the unit tier)
     sci = task_instruction("SciFact", "Retrieval", "query")
     assert np.allclose(q, enc.encode(texts, instruction=sci), atol=1e-5)
     assert np.allclose(d, enc.encode(texts), atol=1e-5)
     assert not np.allclose(q, d)
-    assert model.stats.encoded_local == 4 and model.stats.cache_hits == 2  # duplicates encoded once
-    fresh = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"), shard=local_only)
+    assert model.stats.encoded == 4 and model.stats.cache_hits == 2  # duplicates encoded once
+    fresh = EmbedforgeModel(spec, "test/tiny", cache_dir=str(tmp_path / "cache"))
     again = fresh.encode(_create_dataloader_from_texts(texts), task_metadata=meta, hf_split="test",
                          hf_subset="default", prompt_type="query")
     assert fresh.stats.encoded == 0 and np.allclose(again, q)
