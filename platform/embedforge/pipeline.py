@@ -6,7 +6,11 @@ dispatches; the work is in each stage's own module (``generate.runner``, ``split
 holds its fingerprint and that result; a rerun skips stages whose marker matches and redoes the rest
 (an interrupted stage has no marker, and the stages themselves resume: generation from committed
 shards, training from the last checkpoint, evaluation from the embedding cache). Everything lands
-under ``<run.output_dir>/<run.name>/``.
+under ``<run.output_dir>/<run.name>/``: a local path, a shared mount, or an object-store URI. With a
+URI the driver works in its node's copy of the run (``run.dir``): it fetches the markers and the
+stages' outputs first (a rerun from another machine resumes), and publishes each stage's outputs and
+marker as soon as the stage ends. Training, export, evaluation actors and Serve replicas read and
+write the storage themselves, on whatever node they run.
 """
 
 from __future__ import annotations
@@ -45,6 +49,17 @@ STAGE_RESULTS: dict[str, type[BaseModel]] = {
     "evaluate": EvaluateResult,
     "serve": ServeSmokeResult,
     "report": ReportResult,
+}
+
+# What each stage leaves in the driver's working copy of the run, published to the run's storage when
+# it ends (the train stage's models are written to the storage by its workers and export task).
+STAGE_OUTPUTS = {
+    "generate": ("data", "generate"),
+    "split": ("pipeline/heldout", "pipeline/train_data"),
+    "train": ("train/summary.json", "train/loss_curve.png", "train/metrics.jsonl"),
+    "evaluate": ("evaluate", "embedding_cache"),
+    "serve": (),
+    "report": ("report",),
 }
 
 # The held-out queries come from many synthetic tasks: one generic retrieval instruction.
@@ -118,9 +133,14 @@ def stage_split(cfg, run_dir: Path, results: dict) -> SplitResult:
 def training_sources(cfg, run_dir: Path, results: dict) -> list[dict]:
     """The configured sources plus the run's data: the split's training part, or — with no split stage
     (configs/paper.yaml: no held-out queries are taken from the training data) — all of it."""
+    from embedforge import storage
+
     sources = [s.model_dump() for s in cfg.train.data]
     split = "split" in cfg.pipeline.stages and "split" in results
-    run_data = results["split"].train_data if split else str(run_dir / "data")
+    # Read from the run's storage (published when the stage ended): training's Ray Data read tasks
+    # may run on any node.
+    local = Path(results["split"].train_data) if split else run_dir / "data"
+    run_data = storage.join(cfg.run.storage, str(local.resolve().relative_to(run_dir.resolve())))
     if run_data not in [s["path"] for s in sources]:
         sources.append({"path": run_data, "ratio": 1.0})
     return sources
@@ -155,6 +175,35 @@ def stage_report(cfg, run_dir: Path, results: dict) -> ReportResult:
     return write_report(cfg, run_dir, results)
 
 
+def fetch_run(root: str, run_dir: Path) -> None:
+    """A run in object storage: its config, markers and stage outputs into this node's working copy
+    (what a rerun needs to skip or resume stages). The storage is the truth: whatever an earlier run
+    left in the working copy is dropped first (a marker there would skip a stage the storage lacks)."""
+    import shutil
+
+    from embedforge import storage
+
+    if not storage.is_uri(root):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    for rel in ("config.yaml", *(f"pipeline/{s}.done.json" for s in STAGE_ORDER),
+                *(rel for outputs in STAGE_OUTPUTS.values() for rel in outputs)):
+        if storage.exists(storage.join(root, rel)):
+            storage.download(storage.join(root, rel), run_dir / rel)
+
+
+def publish(root: str, run_dir: Path, *rels: str) -> None:
+    """Files and folders of the working copy to the run's storage (nothing to do when they are one)."""
+    from embedforge import storage
+
+    if not storage.is_uri(root):
+        return
+    for rel in rels:
+        if (run_dir / rel).exists():
+            storage.upload(run_dir / rel, storage.join(root, rel))
+
+
 STAGES = {
     "generate": stage_generate,
     "split": stage_split,
@@ -168,9 +217,11 @@ STAGES = {
 def run_pipeline(cfg) -> PipelineResult:
     from embedforge.ray_utils import init_ray, serve_ingress_env
 
-    run_dir = cfg.run.dir.resolve()
+    run_dir = cfg.run.dir.resolve()  # this node's working copy (the run itself when it is local)
     run_dir.mkdir(parents=True, exist_ok=True)
+    fetch_run(cfg.run.storage, run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    publish(cfg.run.storage, run_dir, "config.yaml")
     markers = Markers(run_dir / "pipeline")
     prints = stage_fingerprints(cfg)
     # Read every marker once: a stage is done when its marker matches and its result reads back.
@@ -199,8 +250,9 @@ def run_pipeline(cfg) -> PipelineResult:
             results[stage] = stages[stage](cfg, run_dir, results)
             timings[stage] = round(time.time() - t0, 1)
             markers.mark(stage, prints[stage], results[stage], time.time() - t0)
+            publish(cfg.run.storage, run_dir, *STAGE_OUTPUTS[stage], f"pipeline/{stage}.done.json")
             print(f"{step}: done in {timings[stage]} s", flush=True)
             if stage == "generate":
                 teachers.close()
     report = results.get("report")
-    return PipelineResult(run_dir=str(run_dir), stage_seconds=timings, report=report.markdown if report else None)
+    return PipelineResult(run_dir=cfg.run.storage, stage_seconds=timings, report=report.markdown if report else None)

@@ -132,11 +132,15 @@ def describe_cluster_choice() -> str:
     return f"stages join {why}" if address else why
 
 
-FORWARDED_ENV = ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE")
+FORWARDED_ENV = ("EMBEDFORGE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE",
+                 # The run's object storage (embedforge.storage, Ray Train's checkpoints): which endpoint
+                 # and region, and the key id (not secret; the secret key goes below).
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
+                 "AWS_EC2_METADATA_DISABLED", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 # Secrets forwarded by name too, but not as runtime_env env_vars: Ray's runtime-env agent writes those,
 # values included, to runtime_env_agent.log ("Creating runtime env: {...}"). They travel in a worker
 # setup hook instead (a pickled function in the GCS, never written to a log).
-FORWARDED_SECRETS = ("HF_TOKEN",)
+FORWARDED_SECRETS = ("HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _set_env_in_worker(values: dict[str, str]):

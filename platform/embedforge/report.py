@@ -36,6 +36,13 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _in_this_copy(recorded: str, run_dir: Path, rel: str) -> Path:
+    """A figure a stage recorded by absolute path, in this node's copy of the run: a rerun on another
+    machine (or with another working copy) fetched it to ``run_dir / rel``."""
+    here = run_dir / rel
+    return here if here.is_file() else Path(recorded)
+
+
 def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
     """``results``: stage name -> that stage's typed result (``GenerateResult``, ``SplitResult``, ...);
     a stage that did not run is absent and its section is left out."""
@@ -75,7 +82,7 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
     train = results.get("train")
     if train:
         parts += ["## Training", ""]
-        curve = Path(train.loss_curve)
+        curve = _in_this_copy(train.loss_curve, run_dir, "train/loss_curve.png")
         if curve.is_file():
             shutil.copy(curve, out / "loss_curve.png")
             files["loss_png"] = str(out / "loss_curve.png")
@@ -95,7 +102,7 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
         tasks = sorted({t for s in scores.values() for t in s})
         rows = [[model] + [f"{scores[model].get(t, float('nan')):.4f}" for t in tasks] for model in scores]
         parts += [_table(rows, ["model"] + tasks), ""]
-        chart = Path(ev.summary.get("chart", ""))
+        chart = _in_this_copy(ev.summary.get("chart", ""), run_dir, "evaluate/summary.png")
         if chart.is_file():
             shutil.copy(chart, out / "scores.png")
             files["scores_png"] = str(out / "scores.png")

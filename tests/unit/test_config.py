@@ -123,7 +123,8 @@ def _imports(path):
 def test_nothing_below_the_config_root_imports_it(repo_root):
     """Stage code reads the submodules (base, shared, its own section); only the drivers that assemble a
     whole run (the CLI, the pipeline, the doctor, the Serve import path) read the root; the config
-    package itself imports no stage code."""
+    package itself imports no stage code (only the leaves ``schema`` and ``storage``, which import no
+    embedforge module)."""
     package = repo_root / "platform" / "embedforge"
     drivers = {"cli.py", "pipeline.py", "doctor.py", "deploy.py"}
     offenders = []
@@ -131,8 +132,22 @@ def test_nothing_below_the_config_root_imports_it(repo_root):
         rel = path.relative_to(package).as_posix()
         for module, names in _imports(path):
             if rel.startswith("config/"):
-                if module.startswith("embedforge") and not module.startswith(("embedforge.config.", "embedforge.schema")):
+                if module.startswith("embedforge") and not module.startswith(("embedforge.config.", "embedforge.schema", "embedforge.storage")):
                     offenders.append(f"{rel} imports {module}")
             elif rel not in drivers and (module == "embedforge.config" or (module == "embedforge" and "config" in names)):
                 offenders.append(f"{rel} imports the config root")
     assert offenders == []
+
+
+def test_worker_resources_take_custom_resources_only():
+    cfg = load_config(None, ["train.resources_per_worker={trainer: 1}"])
+    assert cfg.train.resources_per_worker == {"trainer": 1.0}
+    with pytest.raises(ConfigError, match="train.cpus_per_worker"):
+        load_config(None, ["train.resources_per_worker={CPU: 4}"])
+    with pytest.raises(ConfigError, match="> 0"):
+        load_config(None, ["train.resources_per_worker={trainer: 0}"])
+
+
+def test_a_run_in_object_storage_is_accepted_by_uri():
+    cfg = load_config(None, ["run.output_dir=s3://bucket/runs", "run.name=r", "model.backbone=s3://bucket/runs/r/train/merged"])
+    assert cfg.run.storage == "s3://bucket/runs/r" and cfg.model.backbone.startswith("s3://")

@@ -70,12 +70,28 @@ def test_without_a_split_stage_training_takes_all_the_runs_data(tmp_path):
     from embedforge.pipeline import training_sources
     from embedforge.split import SplitResult
 
-    split = SplitResult(train_data=str(tmp_path / "pipeline" / "train_data"), heldout_dir=str(tmp_path / "heldout"),
+    run_dir = tmp_path / "run"
+    split = SplitResult(train_data=str(run_dir / "pipeline" / "train_data"), heldout_dir=str(run_dir / "heldout"),
                         train_rows=10, heldout_queries=4, heldout_corpus=8)
-    with_split = load_config(None, ["train.data=[{path: /data/seed}]"])
-    assert [s["path"] for s in training_sources(with_split, tmp_path, {"split": split})] == [
+    with_split = load_config(None, [f"run.output_dir={tmp_path}", "train.data=[{path: /data/seed}]"])
+    assert [s["path"] for s in training_sources(with_split, run_dir, {"split": split})] == [
         "/data/seed", split.train_data]
     # paper.yaml: no split stage; a split marker left by another run is not used.
-    paper = load_config("configs/paper.yaml", [])
+    paper = load_config("configs/paper.yaml", [f"run.output_dir={tmp_path}", "run.name=run"])
     assert "split" not in paper.pipeline.stages and paper.pipeline.compare_with_backbone is False
-    assert [s["path"] for s in training_sources(paper, tmp_path, {"split": split})] == [str(tmp_path / "data")]
+    assert [s["path"] for s in training_sources(paper, run_dir, {"split": split})] == [str(run_dir / "data")]
+
+
+def test_a_run_in_object_storage_trains_from_the_storage_copy(tmp_path):
+    """Training's Ray Data read tasks may run on any node: they get the run's published data (a URI),
+    not the driver's working copy."""
+    from embedforge.pipeline import training_sources
+    from embedforge.split import SplitResult
+
+    cfg = load_config(None, ["run.output_dir=s3://bucket/runs", "run.name=r1"])
+    assert cfg.run.storage == "s3://bucket/runs/r1"
+    work = cfg.run.dir
+    assert "s3:" not in str(work) and work.name.endswith("r1")  # a folder in this node's cache
+    split = SplitResult(train_data=str(work / "pipeline" / "train_data"), heldout_dir=str(work / "heldout"),
+                        train_rows=10, heldout_queries=4, heldout_corpus=8)
+    assert [s["path"] for s in training_sources(cfg, work, {"split": split})] == ["s3://bucket/runs/r1/pipeline/train_data"]

@@ -17,6 +17,8 @@ from embedforge.config.base import Section
 
 class RunConfig(Section):
     name: str = "run"
+    # Where runs live: a local path, a mount every node shares (EFS, NFS), or an object-store URI
+    # (s3://bucket/runs; credentials and endpoint from the AWS_* environment). docs/cluster.md.
     output_dir: str = "runs"
     seed: int = 0
     # Before each stage: can the cluster hold its workers / actors / replicas? fail (at once, naming
@@ -24,7 +26,22 @@ class RunConfig(Section):
     resource_check: Literal["fail", "warn", "off"] = "fail"
 
     @property
+    def storage(self) -> str:
+        """The run's canonical home, ``<output_dir>/<name>``: a URI, or an absolute local path."""
+        from embedforge.storage import is_uri, join
+
+        if is_uri(self.output_dir):
+            return join(self.output_dir, self.name)
+        return str((Path(self.output_dir).expanduser() / self.name).resolve())
+
+    @property
     def dir(self) -> Path:
+        """This node's working copy of the run: the run itself when it is a local path (or a shared
+        mount); for a URI a folder in this node's cache that stages write into and publish from."""
+        from embedforge.storage import is_uri, working_dir
+
+        if is_uri(self.output_dir):
+            return working_dir(self.storage)
         return Path(self.output_dir) / self.name
 
 
@@ -65,6 +82,10 @@ class ModelConfig(Section):
         if not v.strip():
             raise ValueError("backbone must not be empty")
         if v in MODEL_ALIASES:
+            return v
+        from embedforge.storage import is_uri
+
+        if is_uri(v):  # in the run's storage (a trained model): each node fetches its own copy
             return v
         if looks_like_path(v) and not os.path.exists(os.path.expanduser(v)):
             raise ValueError(

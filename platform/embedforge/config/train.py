@@ -59,9 +59,12 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    # Custom Ray resources each worker (and the export task) asks for, e.g. {trainer: 1} to keep
+    # training off the head node: give the GPU nodes that resource in cluster.yaml.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     checkpoint_every: int = Field(100, ge=1)  # optimizer steps between checkpoints (and one at the end)
     max_failures: int = Field(3, ge=-1)  # Ray restarts of the worker group; -1 = unlimited
-    # Ray Train storage (checkpoints, results); null = <run dir>/ray_train.
+    # Ray Train storage (checkpoints, results); null = <run storage>/ray_train (a URI works).
     storage_path: str | None = None
     log_every: int = Field(1, ge=1)
     # Hard-negative mining for rows without negatives (top-k of the given model, positives excluded).
@@ -73,6 +76,18 @@ class TrainConfig(Section):
     # for an unlabeled positive (a false negative) and skipped. null: off.
     mining_max_positive_ratio: float | None = Field(None, gt=0, le=1)
     mining_margin: float | None = Field(None, ge=0)
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources_only(cls, v: dict[str, float]) -> dict[str, float]:
+        builtin = sorted(k for k in v if k in ("CPU", "GPU", "memory", "object_store_memory"))
+        if builtin:
+            raise ValueError(f"resources_per_worker takes custom resources only, got {builtin}: "
+                             "set CPUs with train.cpus_per_worker and a GPU with train.use_gpu")
+        bad = sorted(k for k, n in v.items() if n <= 0)
+        if bad:
+            raise ValueError(f"resources_per_worker: amounts must be > 0, got {', '.join(f'{k}={v[k]}' for k in bad)}")
+        return v
 
     @field_validator("data")
     @classmethod

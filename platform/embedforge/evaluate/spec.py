@@ -21,9 +21,10 @@ class ModelSpec(EmbedderSpec):
         """The model directory (or hub id); a path that does not exist is an error naming it."""
         from embedforge.config.shared import looks_like_path
         from embedforge.models import resolve_backbone
+        from embedforge.storage import is_uri
 
         spec = self.backbone
-        if looks_like_path(spec) and not os.path.exists(os.path.expanduser(spec)):
+        if not is_uri(spec) and looks_like_path(spec) and not os.path.exists(os.path.expanduser(spec)):
             raise ModelPathError(f"model path {spec!r} does not exist")
         if self.adapter is not None and not Path(self.adapter).expanduser().is_dir():
             raise ModelPathError(f"adapter directory {self.adapter!r} does not exist")

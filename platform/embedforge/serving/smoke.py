@@ -47,7 +47,9 @@ def smoke_test(cfg, app_name: str, route_prefix: str = "/smoke") -> ServeSmokeRe
     key = secrets.token_urlsafe(24)
     app = build_app(cfg, keys=[key])
     check_replicas_fit(cfg)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # The proxy on the head only (where drivers run): this check's client is on the driver's node, and
+    # every node's proxy on one loopback port would collide where nodes share a machine.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(app, name=app_name, route_prefix=route_prefix, blocking=False)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}{route_prefix}/v1", api_key=key, max_retries=3)

@@ -88,21 +88,34 @@ def _leftover_rows(df: pd.DataFrame) -> list[dict]:
              "negative_ids": [list(n) for n in r["negative_ids"]]} for r in df.to_dict("records")]
 
 
-def source_paths(train: TrainConfig, run_dir: Path) -> list[tuple[str, float, str]]:
-    """(path, ratio, config key) per source; the run's generated data when none is configured."""
+def source_paths(train: TrainConfig, run_storage: str) -> list[tuple[str, float, str]]:
+    """(path, ratio, config key) per source; the run's generated data (in the run's storage) when none
+    is configured."""
+    from embedforge.storage import join
+
     if train.data:
         return [(s.path, s.ratio, f"train.data[{i}].path") for i, s in enumerate(train.data)]
-    return [(str(run_dir / train.default_data_dir), 1.0, "train.default_data_dir")]
+    return [(join(run_storage, train.default_data_dir), 1.0, "train.default_data_dir")]
 
 
 def read_valid_rows(path: str, key: str):
     """A materialized dataset of the valid rows of one source; errors name the setting."""
     import ray.data
 
-    p = Path(path)
-    if not p.exists() or (p.is_dir() and not any(p.rglob("*.parquet"))):
-        raise DataError(f"{key}: no Parquet data at {path!r}")
-    ds = ray.data.read_parquet(str(p))
+    from embedforge import storage
+
+    if storage.is_uri(path):
+        # Object storage: Ray Data's read tasks fetch it themselves, on any node.
+        if not any(name.endswith(".parquet") for name, _ in (storage.listing(path) if storage.exists(path) else [])):
+            raise DataError(f"{key}: no Parquet data at {path!r}")
+        ds = ray.data.read_parquet(path)
+    else:
+        # A local path: read tasks may run on any node, so on a multi-node cluster it must be a mount
+        # every node shares (the pipeline hands training the run's storage, a URI when it is one).
+        p = Path(path)
+        if not p.exists() or (p.is_dir() and not any(p.rglob("*.parquet"))):
+            raise DataError(f"{key}: no Parquet data at {path!r}")
+        ds = ray.data.read_parquet(str(p))
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.schema().names]
     if missing:
         raise DataError(f"{key}: {path!r} lacks columns {missing} (the row schema is embedforge.schema.COLUMNS)")
@@ -111,7 +124,7 @@ def read_valid_rows(path: str, key: str):
     return valid, total, valid.count()
 
 
-def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
+def build_batches(train: TrainConfig, backbone: str, run_storage: str, seed: int,
                   mining_model=None, instructions: bool = True, resource_check: str = "fail",
                   *, lengths: tuple[int, int]):
     """(materialized dataset of global-batch records sorted by step order, summary dict).
@@ -123,7 +136,7 @@ def build_batches(train: TrainConfig, backbone: str, run_dir: Path, seed: int,
     """
     import ray.data
 
-    sources = source_paths(train, run_dir)
+    sources = source_paths(train, run_storage)
     read = [read_valid_rows(path, key) for path, _, key in sources]
     sizes = [n_valid for _, _, n_valid in read]
     summary = {"sources": [{"path": p, "rows": t, "valid": v} for (p, _, _), (_, t, v) in zip(sources, read, strict=True)]}

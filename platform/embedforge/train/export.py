@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 class ExportPlan(BaseModel):
     backbone: str  # the model.backbone spec, resolved on the node the task runs on
-    out_dir: str  # the train stage's directory: adapter/ in, merged/ and sentence_transformers/ out
+    out_dir: str  # the train stage's folder in the run's storage: adapter/ in, merged/ and sentence_transformers/ out
     max_length: int  # the sentence-transformers model's max_seq_length (model.max_length)
     prompts: dict[str, str]  # task name -> instruction, the exported model's prompts ({}: none)
     pooling: str
@@ -31,24 +31,45 @@ class ExportResult(BaseModel):
     sentence_transformers: str
     host: str  # where the export ran (a GPU node on a GPU cluster)
     pid: int
+    node_id: str = ""  # the Ray node it ran on
 
 
 def export_trained_model(plan: ExportPlan) -> ExportResult:
-    """adapter/ -> merged/ (a plain Hugging Face directory) -> sentence_transformers/. Pure file work."""
+    """adapter/ -> merged/ (a plain Hugging Face directory) -> sentence_transformers/. Pure file work,
+    in this node's working copy of the run, published to the run's storage (the same folder when the
+    storage is local or a shared mount); the result names the storage paths."""
+    from embedforge import storage
     from embedforge.models import resolve_backbone
     from embedforge.train.model import save_merged, save_sentence_transformers
 
-    out_dir = Path(plan.out_dir)
-    merged = save_merged(resolve_backbone(plan.backbone), out_dir / "adapter", out_dir / "merged")
-    st = save_sentence_transformers(merged, out_dir / "sentence_transformers", plan.max_length, plan.prompts,
+    work_dir = storage.working_dir(plan.out_dir)
+    adapter = storage.local_copy(storage.join(plan.out_dir, "adapter"))
+    merged = save_merged(resolve_backbone(plan.backbone), Path(adapter), work_dir / "merged")
+    st = save_sentence_transformers(merged, work_dir / "sentence_transformers", plan.max_length, plan.prompts,
                                     pooling=plan.pooling, normalize=plan.normalize)
-    return ExportResult(merged=str(merged), sentence_transformers=str(st), host=socket.gethostname(), pid=os.getpid())
+    published = {name: storage.join(plan.out_dir, name) for name in ("merged", "sentence_transformers")}
+    storage.upload(merged, published["merged"])
+    storage.upload(st, published["sentence_transformers"])
+    return ExportResult(merged=published["merged"], sentence_transformers=published["sentence_transformers"],
+                        host=socket.gethostname(), pid=os.getpid(), node_id=_ray_node_id())
 
 
-def run_export_task(plan: ExportPlan, num_cpus: float, use_gpu: bool) -> ExportResult:
-    """``export_trained_model`` as a Ray task with the training workers' resources (one worker's)."""
+def _ray_node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # outside Ray (tests call the export directly)
+        return ""
+
+
+def run_export_task(plan: ExportPlan, num_cpus: float, use_gpu: bool,
+                    resources: dict[str, float] | None = None) -> ExportResult:
+    """``export_trained_model`` as a Ray task with the training workers' resources (one worker's,
+    custom resources included: it lands where a training worker could)."""
     import ray
 
     task = ray.remote(export_trained_model).options(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0,
+                                                   resources=resources or None,
                                                    name="embedforge-export", max_retries=1)
     return ray.get(task.remote(plan))

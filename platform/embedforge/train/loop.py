@@ -23,7 +23,7 @@ class WorkerPlan(BaseModel):
 
     train: TrainConfig
     backbone: str  # the model.backbone spec; each worker resolves it on its own node
-    out_dir: str
+    out_dir: str  # the train stage's folder in the run's storage (a local path, a shared mount or a URI)
     total_steps: int = Field(ge=1)
     pooling: str
 
@@ -44,8 +44,12 @@ def train_loop_per_worker(config: dict) -> None:
     if world_size != train.num_workers:
         raise RuntimeError(f"expected {train.num_workers} workers, got {world_size}")
     deepspeed.init_distributed(dist_backend="nccl" if train.use_gpu else "gloo")
-    out_dir = Path(plan.out_dir)
+    from embedforge import storage
     from embedforge.models import load_tokenizer, resolve_backbone
+
+    # Rank 0 writes in this node's working copy and publishes to the run's storage (the same folder
+    # when the storage is a local path or a shared mount).
+    work_dir = storage.working_dir(plan.out_dir)
 
     backbone_path = resolve_backbone(plan.backbone)  # this node's copy (a hub model: fetched once per node)
     tokenizer = load_tokenizer(backbone_path)
@@ -63,7 +67,10 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
             start_step = json.loads((Path(d) / PROGRESS_FILE).read_text())["step"]
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path = work_dir / "metrics.jsonl"
+    remote_metrics = storage.join(plan.out_dir, "metrics.jsonl")
+    if rank == 0 and storage.is_uri(plan.out_dir) and storage.exists(remote_metrics):
+        storage.download(remote_metrics, metrics_path)  # a restarted group, maybe on another node
     shard = ray.train.get_dataset_shard("train")
 
     step = 0
@@ -95,6 +102,8 @@ def train_loop_per_worker(config: dict) -> None:
                     if rank == 0:
                         (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step, "epoch": epoch}))
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                if rank == 0:
+                    storage.upload(metrics_path, remote_metrics)
             elif step % train.log_every == 0:
                 ray.train.report(metrics)
 
@@ -103,6 +112,8 @@ def train_loop_per_worker(config: dict) -> None:
     # while the other ranks wait at a barrier (at 7B that outlasted the process group's timeout).
     state = gathered_lora_state_dict(engine.module)  # a collective: every rank takes part
     if rank == 0:
-        save_adapter(engine.module, state, out_dir / "adapter")
+        save_adapter(engine.module, state, work_dir / "adapter")
+        storage.upload(work_dir / "adapter", storage.join(plan.out_dir, "adapter"))
+        storage.upload(metrics_path, remote_metrics)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

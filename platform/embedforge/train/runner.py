@@ -16,7 +16,11 @@ from embedforge.config.train import TrainConfig
 
 
 class TrainResult(BaseModel):
-    """What a training run wrote under ``<run>/train`` (also ``train/summary.json``)."""
+    """What a training run wrote under ``<run>/train`` (also ``train/summary.json``).
+
+    ``checkpoint``, ``adapter``, ``merged`` and ``sentence_transformers`` are paths in the run's storage
+    (URIs when it is an object store: each node that needs one fetches it, ``storage.local_copy``);
+    ``metrics`` and ``loss_curve`` are in the driver's working copy of the run (and published too)."""
 
     sources: list[dict[str, Any]]  # per data source: path, rows read, valid rows
     mixed_rows: int
@@ -29,7 +33,7 @@ class TrainResult(BaseModel):
     adapter: str
     merged: str
     sentence_transformers: str
-    exported_by: str = ""  # "<host> pid <pid>" of the Ray task that merged and exported (train/export.py)
+    exported_by: str = ""  # "<host> pid <pid> node <ray node id>" of the export task (train/export.py)
     metrics: str  # metrics.jsonl, one line per optimizer step
     loss_curve: str
 
@@ -92,6 +96,7 @@ def train_model(cfg) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from embedforge import storage
     from embedforge.ray_utils import check_capacity, format_resources, init_ray
     from embedforge.train.dataset import build_batches
     from embedforge.train.export import ExportPlan, run_export_task
@@ -100,33 +105,38 @@ def train_model(cfg) -> TrainResult:
 
     train = cfg.train
     run_dir = cfg.run.dir.resolve()
-    out_dir = run_dir / "train"
+    out_dir = run_dir / "train"  # this node's working copy
     out_dir.mkdir(parents=True, exist_ok=True)
+    published = storage.join(cfg.run.storage, "train")  # what the workers and the export task write to
     backbone = validate_before_training(cfg)
 
     init_ray()
-    worker = {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {})}
+    worker = {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {}),
+              **train.resources_per_worker}
     check_capacity("train", [worker] * train.num_workers,
                    f"{train.num_workers} training workers × {format_resources(worker)} (train.num_workers, train.cpus_per_worker, "
-                   "train.use_gpu)", mode=cfg.run.resource_check)
+                   "train.use_gpu, train.resources_per_worker)", mode=cfg.run.resource_check)
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    batches, summary = build_batches(train, backbone, run_dir, cfg.run.seed,
+    batches, summary = build_batches(train, backbone, cfg.run.storage, cfg.run.seed,
                                      mining_spec(cfg.model, train.mining_model),
                                      instructions=cfg.model.instructions, resource_check=cfg.run.resource_check,
                                      lengths=cfg.training_lengths())
     steps = total_steps(train, summary["steps_per_epoch"])
-    storage = Path(train.storage_path).resolve() if train.storage_path else run_dir / "ray_train"
+    # Ray Train writes checkpoints through pyarrow's filesystems: a URI works as it is.
+    ray_storage = train.storage_path or storage.join(cfg.run.storage, "ray_train")
+    if not storage.is_uri(ray_storage):
+        ray_storage = str(Path(ray_storage).resolve())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=WorkerPlan(
-            train=train, backbone=backbone, out_dir=str(out_dir), total_steps=steps,
+            train=train, backbone=backbone, out_dir=published, total_steps=steps,
             pooling=cfg.model.pooling,
         ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker={"CPU": train.cpus_per_worker}),
-        run_config=RunConfig(name=f"{cfg.run.name}-train", storage_path=str(storage),
+                                     resources_per_worker={"CPU": train.cpus_per_worker, **train.resources_per_worker}),
+        run_config=RunConfig(name=f"{cfg.run.name}-train", storage_path=ray_storage,
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": batches},
@@ -136,10 +146,12 @@ def train_model(cfg) -> TrainResult:
     result = trainer.fit()
     # The worker group is gone: merging and the sentence-transformers export run in a task of their own.
     exported = run_export_task(
-        ExportPlan(backbone=backbone, out_dir=str(out_dir), max_length=cfg.model.max_length,
+        ExportPlan(backbone=backbone, out_dir=published, max_length=cfg.model.max_length,
                    prompts=export_instructions(cfg.model), pooling=cfg.model.pooling, normalize=cfg.model.normalize),
-        num_cpus=train.cpus_per_worker, use_gpu=train.use_gpu)
+        num_cpus=train.cpus_per_worker, use_gpu=train.use_gpu, resources=train.resources_per_worker)
     metrics_path = out_dir / "metrics.jsonl"
+    if storage.is_uri(published) and storage.exists(storage.join(published, "metrics.jsonl")):
+        storage.download(storage.join(published, "metrics.jsonl"), metrics_path)
     if metrics_path.is_file():
         plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
     done = TrainResult(
@@ -147,12 +159,15 @@ def train_model(cfg) -> TrainResult:
         total_steps=steps,
         final_metrics=json.loads(json.dumps(result.metrics or {}, default=str)),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
-        adapter=str(out_dir / "adapter"),
+        adapter=storage.join(published, "adapter"),
         merged=exported.merged,
         sentence_transformers=exported.sentence_transformers,
-        exported_by=f"{exported.host} pid {exported.pid}",
+        exported_by=f"{exported.host} pid {exported.pid} node {exported.node_id}",
         metrics=str(metrics_path),
         loss_curve=str(out_dir / "loss_curve.png"),
     )
     (out_dir / "summary.json").write_text(done.model_dump_json(indent=2))
+    for name in ("summary.json", "loss_curve.png"):
+        if (out_dir / name).is_file():
+            storage.upload(out_dir / name, storage.join(published, name))
     return done
