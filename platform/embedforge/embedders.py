@@ -131,12 +131,13 @@ class ResolvedModel:
     sentence_transformers: bool
 
 
-def resolve(model) -> ResolvedModel:
+def resolve(model, weights: bool = True) -> ResolvedModel:
     """The model section's backbone located (GGUF imported once), with a sentence-transformers
-    directory's own pooling / normalisation / max length in place of the section's."""
+    directory's own pooling / normalisation / max length in place of the section's. ``weights=False``:
+    the settings only (a model in object storage is fetched without its weight files)."""
     from embedforge.models import is_sentence_transformers_dir, resolve_backbone
 
-    path = resolve_backbone(model.backbone)
+    path = resolve_backbone(model.backbone, weights=weights)
     if not (os.path.isdir(path) and is_sentence_transformers_dir(path)):
         return ResolvedModel(path, path, model.adapter, model.pooling, model.normalize, model.max_length,
                              model.dtype, sentence_transformers=False)

@@ -168,13 +168,18 @@ def node_portable_spec(spec: str) -> str:
     return str(Path(spec).expanduser().resolve())
 
 
-def resolve_backbone(spec: str) -> str:
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+
+
+def resolve_backbone(spec: str, weights: bool = True) -> str:
     """A loadable HF directory on this node for any backbone spec (hub ids and models in the run's
-    object storage are fetched into the node's cache, once per node)."""
+    object storage are fetched into the node's cache, once per node). ``weights=False``: a model in
+    object storage is fetched without its weight files (config, tokenizer, sentence-transformers
+    settings: what a driver inspects), so a head node never downloads a 7B model."""
     from embedforge.storage import is_uri, local_copy
 
     if is_uri(spec):
-        path = local_copy(spec)
+        path = local_copy(spec, skip_suffixes=() if weights else WEIGHT_SUFFIXES)
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"model {spec!r} (fetched to {path}) has no config.json")
         return path

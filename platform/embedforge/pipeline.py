@@ -52,12 +52,14 @@ STAGE_RESULTS: dict[str, type[BaseModel]] = {
 }
 
 # What each stage leaves in the driver's working copy of the run, published to the run's storage when
-# it ends (the train stage's models are written to the storage by its workers and export task).
+# it ends (the train stage's models are written to the storage by its workers and export task). The
+# embedding cache is not among them: it stays in the working copy of the node that computed it (keyed
+# by the model's fingerprint, so never stale), and at MTEB scale it is far larger than any result.
 STAGE_OUTPUTS = {
     "generate": ("data", "generate"),
     "split": ("pipeline/heldout", "pipeline/train_data"),
     "train": ("train/summary.json", "train/loss_curve.png", "train/metrics.jsonl"),
-    "evaluate": ("evaluate", "embedding_cache"),
+    "evaluate": ("evaluate",),
     "serve": (),
     "report": ("report",),
 }
@@ -177,20 +179,24 @@ def stage_report(cfg, run_dir: Path, results: dict) -> ReportResult:
 
 def fetch_run(root: str, run_dir: Path) -> None:
     """A run in object storage: its config, markers and stage outputs into this node's working copy
-    (what a rerun needs to skip or resume stages). The storage is the truth: whatever an earlier run
-    left in the working copy is dropped first (a marker there would skip a stage the storage lacks)."""
+    (what a rerun needs to skip or resume stages). The storage is the truth: what an earlier run left
+    of these in the working copy is dropped first (a marker there would skip a stage the storage
+    lacks); the embedding cache stays."""
     import shutil
 
     from embedforge import storage
 
     if not storage.is_uri(root):
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
     for rel in ("config.yaml", *(f"pipeline/{s}.done.json" for s in STAGE_ORDER),
                 *(rel for outputs in STAGE_OUTPUTS.values() for rel in outputs)):
+        local = run_dir / rel
+        if local.is_dir():
+            shutil.rmtree(local)
+        elif local.exists():
+            local.unlink()
         if storage.exists(storage.join(root, rel)):
-            storage.download(storage.join(root, rel), run_dir / rel)
+            storage.download(storage.join(root, rel), local)
 
 
 def publish(root: str, run_dir: Path, *rels: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -150,6 +151,16 @@ def _set_env_in_worker(values: dict[str, str]):
     return setup
 
 
+def _job_env_vars() -> dict[str, str]:
+    """The env_vars of the Ray job this driver runs in (``ray job submit``), else {}."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    from ray.job_config import JobConfig
+
+    return dict((JobConfig.from_json(json.loads(raw)).runtime_env or {}).get("env_vars") or {})
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              local_env: Callable[[], dict[str, str] | None] | None = None, loopback: bool = False, **kwargs):
     """Join the cluster the user chose: ``address``, else ``RAY_ADDRESS`` (also what ``ray job
@@ -176,11 +187,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     # Forwarded by name to every worker and actor on every node (the cluster's nodes were started
     # without them): where models are cached, and how the hub is reached — HF_TOKEN for private or
     # gated backbones goes by the setup hook below (its value reaches the workers' environments only).
+    # Under `ray job submit --runtime-env-json …` the job's own env_vars already reach every worker,
+    # and Ray refuses to start a driver whose runtime env sets one of them again.
+    from_job = _job_env_vars()
     for var in FORWARDED_ENV:
-        if var in os.environ:
+        if var in os.environ and var not in from_job:
             env_vars.setdefault(var, os.environ[var])
-    runtime_env["env_vars"] = env_vars
-    secrets = {var: os.environ[var] for var in FORWARDED_SECRETS if os.environ.get(var)}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    secrets = {var: os.environ[var] for var in FORWARDED_SECRETS if os.environ.get(var) and var not in from_job}
     if secrets and "worker_process_setup_hook" not in runtime_env:
         runtime_env["worker_process_setup_hook"] = _set_env_in_worker(secrets)
     address = address or chosen_cluster()[0]

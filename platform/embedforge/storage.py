@@ -256,8 +256,18 @@ def _cache_name(uri: str, tail: str) -> str:
     return f"{digest}-{re.sub(r'[^A-Za-z0-9._-]', '_', tail)[:40]}"
 
 
-def local_copy(src: str, cache_root: Path | None = None) -> str:
+def file_stamps(path: str) -> list[tuple[str, int, int | None]]:
+    """(relative path, size, modification time in ns) of every file at or under ``path``: what
+    changes when a stored model is rewritten, without reading it."""
+    fs, inner = filesystem(path)
+    return _snapshot(fs, inner, path)
+
+
+def local_copy(src: str, cache_root: Path | None = None, *, skip_suffixes: tuple[str, ...] = ()) -> str:
     """A local path holding ``src``: ``src`` itself when local, else a node-local copy of the URI.
+
+    ``skip_suffixes`` (e.g. ``(".safetensors", ".bin")``): a separate copy of a folder without those
+    files — a model's config and tokenizer for a node that only inspects it (the driver).
 
     The copy lives in ``<cache_root>/<sha256 of the URI>-<last component>/<last component>`` (a file or
     a directory, like the source) and is fetched once per node: under a file lock the remote listing
@@ -275,12 +285,17 @@ def local_copy(src: str, cache_root: Path | None = None) -> str:
     fs, inner = filesystem(src)
     # The name pyarrow decoded (``my%20file`` -> ``my file``), so the copy is named like the object.
     tail = posixpath.basename(inner.rstrip("/")) or "root"
-    name = _cache_name(src, tail)
+    name = _cache_name(src + ("#without" + ",".join(skip_suffixes) if skip_suffixes else ""), tail)
     entry = cache_root / name
     with file_lock(cache_root / f"{name}.lock"):
         # Listed before the download, so a remote change during the download leaves a record that
         # no longer matches and the next call fetches again (never the reverse).
-        record = {"uri": src, "files": [list(f) for f in _snapshot(fs, inner, src)]}
+        files = _snapshot(fs, inner, src)
+        if skip_suffixes and fs.get_file_info(inner).type == pafs.FileType.Directory:
+            files = [f for f in files if not f[0].endswith(skip_suffixes)]
+        else:
+            skip_suffixes = ()
+        record = {"uri": src, "files": [list(f) for f in files]}
         if _recorded(entry) == record:
             return str(entry / tail)
         # Leftovers of killed downloads or of replaced copies: only a lock holder creates them.
@@ -288,7 +303,12 @@ def local_copy(src: str, cache_root: Path | None = None) -> str:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}.tmp-", dir=cache_root))
         try:
-            _copy(fs, inner, pafs.LocalFileSystem(), str(tmp / tail), src)
+            if skip_suffixes:  # file by file: only what the record lists
+                for rel, _, _ in files:
+                    _copy(fs, posixpath.join(inner, rel), pafs.LocalFileSystem(), str(tmp / tail / rel), src)
+                (tmp / tail).mkdir(exist_ok=True)
+            else:
+                _copy(fs, inner, pafs.LocalFileSystem(), str(tmp / tail), src)
             (tmp / LISTING_FILE).write_text(json.dumps(record, indent=1))
             if entry.exists():
                 # Move the old copy out of the way first: rename cannot replace a non-empty directory.

@@ -128,6 +128,41 @@ def test_decoder_with_adapter_gets_instructions_through_ray(ray_cluster, small_s
     assert again["scores"]["evalrun"]["SciFact"] == pytest.approx(ndcg, abs=1e-6)
 
 
+def test_mteb_on_the_exported_folder_scores_what_the_platform_scores(ray_cluster, small_scifact, shared_data,
+                                                                      smollm2_dir, tmp_path):
+    """The exported sentence-transformers folder, run by mteb itself (its own sentence-transformers
+    wrapper and prompt lookup), gives the platform evaluator's scores on a retrieval task (queries
+    instructed, documents not) and an STS task (both sides instructed)."""
+    import mteb
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.config.evaluate import LocalTaskConfig
+    from embedforge.evaluate.runner import evaluate_model
+    from embedforge.evaluate.tasks import local_task
+    from embedforge.formats import read_sts_file, write_sts
+    from embedforge.train.model import save_sentence_transformers
+    from embedforge.train.runner import training_instructions
+
+    folder, _, _ = small_scifact
+    sts = tmp_path / "stsb-small"
+    sts.mkdir()
+    write_sts(sts / "test.tsv", read_sts_file(shared_data / "stsb" / "test.tsv")[::20])
+    exported = save_sentence_transformers(smollm2_dir, tmp_path / "st", max_length=64,
+                                          instructions=training_instructions())
+    tasks = [{"kind": "beir", "path": str(folder), "name": "SciFact"},
+             {"kind": "sts", "path": str(sts), "name": "STSBenchmark"}]
+    cfg = _cfg(tmp_path, f"model.backbone={exported}", "evaluate.num_actors=1",
+               f"evaluate.local_tasks={json.dumps(tasks)}")
+    ours = evaluate_model(cfg).scores["evalrun"]
+
+    st = SentenceTransformerEncoderWrapper(SentenceTransformer(str(exported), device="cpu"))
+    for spec in tasks:
+        result = mteb.evaluate(st, local_task(LocalTaskConfig(**spec)), cache=None, show_progress_bar=False, raise_error=True)
+        theirs = float(result.task_results[0].get_score())
+        assert theirs == pytest.approx(ours[spec["name"]], abs=2e-3), (spec["name"], theirs, ours)
+
+
 ENCODE_SCRIPT = r"""
 import json, sys
 from embedforge.evaluate.spec import ModelSpec

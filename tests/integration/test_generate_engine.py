@@ -119,3 +119,29 @@ def test_injected_faults_still_give_every_row_once(llama, ray_cluster, tmp_path)
     # the client's own retries absorbed the faults: no attempt ended as a request error
     assert "request_error" not in result.rejects
     assert language_weights({"English": 100})  # (config language override used above is valid)
+
+
+def test_a_full_group_costs_no_more_teacher_calls(llama, ray_cluster):
+    """Once the driver marks a group full, the teacher callers skip its remaining requests: no call,
+    no tokens (the oversampled surplus a paid teacher was billed for)."""
+    import ray
+
+    from embedforge.generate.pipeline import TeacherCaller, _columns
+    from embedforge.generate.teachers import quotas_actor
+
+    teacher = TeacherConfig(name="local", base_url=llama.base_url, model="smollm2-135m",
+                            response_format="json_object_schema", max_concurrency=2)
+    run_key = "quota-test"
+    quotas = quotas_actor(run_key)
+    ray.get(quotas.reset.remote(["sts"]))
+    bitext = example_request(load_template("bitext"), "bitext-0000000", 0, [], 0, {"English": 1.0}, 1)
+    rows = [{**_sts_request(i), "teacher": "local", "max_tokens": 48} for i in range(3)]
+    rows.append({**bitext, "teacher": "local", "max_tokens": 48})
+    caller = TeacherCaller([teacher.model_dump()], run_key, {"local": 2}, min_words_long=1)
+    out = asyncio.run(caller(_columns(rows)))
+    status = dict(zip(out["id"], out["status"], strict=True))
+    assert [status[r["id"]] for r in rows[:3]] == ["skipped"] * 3
+    assert status["bitext-0000000"] in ("kept", "rejected")  # sent: the model answered
+    tokens = dict(zip(out["id"], out["completion_tokens"], strict=True))
+    assert all(tokens[r["id"]] == 0 for r in rows[:3]) and tokens["bitext-0000000"] > 0
+    ray.kill(quotas)

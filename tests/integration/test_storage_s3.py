@@ -160,3 +160,32 @@ def test_a_flat_folder_comes_back_into_a_fresh_place(s3, tmp_path):
     assert copy.name == "adapter" and _contents(copy) == _contents(flat)
     again = storage.download(s3.uri("run", "train", "adapter"), tmp_path / "fresh" / "deeper" / "adapter")
     assert _contents(again) == _contents(flat)
+
+
+def test_a_model_in_the_bucket_is_inspected_without_its_weights(s3, tmp_path, monkeypatch):
+    """What the driver does with a trained model in object storage: its config and tokenizer only
+    (no weight file lands on the head), its identity from the stored files, its parameter count from
+    the safetensors headers read in place."""
+    from embedforge.evaluate.cache import model_fingerprint
+    from embedforge.evaluate.leaderboard import count_parameters
+    from embedforge.models import resolve_backbone
+    from embedforge.testing import tiny_model
+
+    monkeypatch.setenv("EMBEDFORGE_HOME", str(tmp_path / "home"))
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "merged")
+    uri = s3.uri("run", "train", "merged")
+    storage.upload(tmp_path / "merged", uri)
+
+    inspected = Path(resolve_backbone(uri, weights=False))
+    assert (inspected / "config.json").is_file() and not list(inspected.rglob("*.safetensors"))
+    whole = Path(resolve_backbone(uri))
+    assert list(whole.rglob("*.safetensors")) and whole != inspected
+    n = sum(p.numel() for p in model.state_dict().values())
+    assert count_parameters(uri) == count_parameters(str(tmp_path / "merged")) == n
+
+    before = model_fingerprint(uri, pooling="last_token")
+    time.sleep(1.1)  # S3 keeps whole seconds
+    (tmp_path / "merged" / "config.json").write_text((tmp_path / "merged" / "config.json").read_text() + " ")
+    storage.upload(tmp_path / "merged", uri)
+    assert model_fingerprint(uri, pooling="last_token") != before

@@ -106,12 +106,20 @@ def test_store_indexes_whole_shards_only_and_reads_just_the_rows_asked(tmp_path)
 
 
 def test_fingerprint_follows_files_and_settings(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    fp = model_fingerprint(str(tmp_path), pooling="last_token")
-    assert fp == model_fingerprint(str(tmp_path), pooling="last_token")
-    assert fp != model_fingerprint(str(tmp_path), pooling="mean")
-    (tmp_path / "model.safetensors").write_bytes(b"123")
-    assert fp != model_fingerprint(str(tmp_path), pooling="last_token")
+    # Under a ".cache" folder, like every imported GGUF and fetched run model (~/.cache/embedforge):
+    # the pipeline test caught a tuned model and its backbone sharing one cache key there.
+    model = tmp_path / ".cache" / "m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    fp = model_fingerprint(str(model), pooling="last_token")
+    assert fp == model_fingerprint(str(model), pooling="last_token")
+    assert fp != model_fingerprint(str(model), pooling="mean")
+    (model / "model.safetensors").write_bytes(b"123")
+    assert fp != model_fingerprint(str(model), pooling="last_token")
+    with_weights = model_fingerprint(str(model), pooling="last_token")
+    (model / ".cache").mkdir()  # hub download state inside the folder: not part of the model
+    (model / ".cache" / "lock").write_text("x")
+    assert model_fingerprint(str(model), pooling="last_token") == with_weights
 
 
 def test_join_by_id_ignores_row_order():

@@ -62,3 +62,20 @@ def test_reject_rate_stops_a_failing_teacher(tmp_path):
     with pytest.raises(TeacherError, match="teacher 't' failed 6 of its last 6"):
         c.flush()
     assert teacher_reject_rates(RunStore(tmp_path).load().records) == {"t": (6, 6)}  # committed before stopping
+
+
+def test_skipped_requests_of_a_full_group_are_not_attempts(tmp_path):
+    """A request the teacher caller skipped (its group was full) cost nothing: it is counted as
+    skipped, not recorded as an attempt or a reject, and spends no tokens in the ledger."""
+    from embedforge.generate.pipeline import skipped_outcome
+    from embedforge.generate.runner import Committer
+
+    c = Committer(RunStore(tmp_path), GenerateConfig(shard_rows=100), {"sts": 1}, [], [])
+    assert c.add(_outcome(0))
+    skipped = skipped_outcome({"id": "sts-0000001", "group": "sts", "kind": "example", "teacher": "t", "language": "English"})
+    assert skipped["status"] == "skipped" and skipped["completion_tokens"] == 0
+    assert not c.add(skipped) and c.skipped == 1
+    c.flush()
+    records = RunStore(tmp_path).load().records
+    assert [r["status"] for r in records] == ["kept"]
+    assert summarize(records, {"t": (1.0, 2.0)}, 1.0, records)["attempts"] == 1

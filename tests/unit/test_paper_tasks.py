@@ -48,8 +48,13 @@ def test_multilingual_tasks_are_scored_on_their_english_subsets_only(name, subse
 
 
 def test_the_exported_prompts_name_every_task_mteb_runs(paper_tasks):
-    """mteb looks a sentence-transformers model's prompt up by task name: every task (and subtask) the
-    paper's list runs must be there, STS included, with the instruction evaluation uses."""
+    """mteb looks a sentence-transformers model's prompt up by task name and side (its own
+    ``get_prompt_name``): for every task (and subtask) the paper's list runs, STS included, queries get
+    the instruction evaluation uses, and retrieval / reranking documents get none."""
+    from mteb.models.abs_encoder import get_prompt_name
+    from mteb.types import PromptType
+
+    from embedforge.instructions import ASYMMETRIC_TYPES
     from embedforge.train.model import query_prompts
     from embedforge.train.runner import training_instructions
 
@@ -57,5 +62,11 @@ def test_the_exported_prompts_name_every_task_mteb_runs(paper_tasks):
     prompts = query_prompts(training_instructions())
     runs = [sub for t in tasks for sub in (getattr(t, "tasks", None) or [t])]
     for task in runs:
-        name = task.metadata.name
-        assert prompts.get(name) == f"Instruct: {instruction_for(name, task.metadata.type)}\nQuery: ", name
+        meta = task.metadata
+        wanted = f"Instruct: {instruction_for(meta.name, meta.type)}\nQuery: "
+        assert prompts.get(get_prompt_name(prompts, meta, PromptType.query)) == wanted, meta.name
+        document = get_prompt_name(prompts, meta, PromptType.document)
+        if meta.type in ASYMMETRIC_TYPES:
+            assert document is None, (meta.name, document)
+        else:
+            assert prompts.get(document) == wanted, meta.name

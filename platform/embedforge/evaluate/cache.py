@@ -45,16 +45,24 @@ def model_fingerprint(path: str | None, adapter: str | None = None, **settings) 
     and every setting that changes vectors (pooling, max_length, dtype, ...).
 
     Hashing weights would read gigabytes for a 7B model; size + mtime change whenever they do.
-    A hub id (no local directory) is identified by its name.
+    A hub id (no local directory) is identified by its name; a folder in object storage by its files'
+    names, sizes and times as stored.
     """
+    from embedforge.storage import file_stamps, is_uri
+
     parts: list = [sorted(settings.items())]
     for d in (path, adapter):
         if d is None:
             parts.append(None)
             continue
+        if is_uri(d):
+            parts.append([d, [list(f) for f in file_stamps(d)]])
+            continue
         p = Path(d)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and ".cache" not in f.parts)
+            # A .cache folder *inside* the model directory (hub download state) is not the model; the
+            # directory itself may well live under ~/.cache (imported GGUFs, fetched run models).
+            files = sorted(f for f in p.rglob("*") if f.is_file() and ".cache" not in f.relative_to(p).parts)
             parts.append([[str(f.relative_to(p)), *_file_stamp(f)[1:]] for f in files])
         else:
             parts.append(str(d))

@@ -7,25 +7,35 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
+import struct
 from pathlib import Path
 
 
-def count_parameters(model_dir: str) -> int | None:
-    """Parameters in a model directory's safetensors files, from their headers (no weights loaded);
-    None when it holds none (a hub id, a .bin checkpoint)."""
-    from safetensors import safe_open
+def _parameters_in_header(fh) -> int:
+    """Tensor elements listed in a safetensors header (8-byte little-endian length, then JSON)."""
+    size = struct.unpack("<Q", fh.read(8))[0]
+    header = json.loads(fh.read(size))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
 
-    files = sorted(Path(model_dir).rglob("*.safetensors")) if Path(model_dir).is_dir() else []
-    if not files:
+
+def count_parameters(model_dir: str) -> int | None:
+    """Parameters in a model directory's safetensors files, from their headers (no weights read) —
+    a local folder or one in object storage; None when it holds none (a hub id, a .bin checkpoint)."""
+    from embedforge import storage
+
+    if storage.is_uri(model_dir):
+        names = [n for n, _ in storage.listing(model_dir) if n.endswith(".safetensors")] if storage.exists(model_dir) else []
+        fs, inner = storage.filesystem(model_dir)
+        paths = [(fs, f"{inner.rstrip('/')}/{n}") for n in sorted(names)]
+    else:
+        paths = [(None, str(p)) for p in (sorted(Path(model_dir).rglob("*.safetensors")) if Path(model_dir).is_dir() else [])]
+    if not paths:
         return None
     total = 0
-    for path in files:
-        with safe_open(str(path), framework="np") as f:
-            for key in f.keys():
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                total += n
+    for fs, path in paths:
+        with (fs.open_input_file(path) if fs is not None else open(path, "rb")) as fh:
+            total += _parameters_in_header(fh)
     return total
 
 

@@ -65,6 +65,14 @@ def _paths(cfg) -> tuple[Path, str | None]:
     return out, cache
 
 
+def weights_of(spec: ModelSpec) -> str:
+    """Where the model's weight files are: a URI as it is (headers are read in place), else the
+    local directory."""
+    from embedforge.storage import is_uri
+
+    return spec.backbone if is_uri(spec.backbone) else spec.resolved_path()
+
+
 def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
     """(label, spec, instructions): the configured model first, then baselines that name a model.
 
@@ -109,7 +117,7 @@ def evaluate_model(cfg) -> EvaluateResult:
                                         task_instructions=ecfg.task_instructions, cache_dir=cache_dir)
                 # The configured model (the first run) also gets the leaderboard's layout and ModelMeta.
                 meta = None if label != cfg.run.name else leaderboard_meta(
-                    model.mteb_model_meta, spec.resolved_path(), [d.name for d in cfg.generate.labeled], use_instr)
+                    model.mteb_model_meta, weights_of(spec), [d.name for d in cfg.generate.labeled], use_instr)
                 main_scores[label] = {}
                 for task in tasks:
                     result = mteb.evaluate(model, task, cache=None, overwrite_strategy="always",

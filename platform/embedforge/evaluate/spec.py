@@ -18,7 +18,9 @@ class ModelPathError(ConfigError):
 @dataclass(frozen=True)
 class ModelSpec(EmbedderSpec):
     def resolved_path(self) -> str:
-        """The model directory (or hub id); a path that does not exist is an error naming it."""
+        """The model directory (or hub id) on this node; a path that does not exist is an error naming
+        it. A model in object storage comes without its weights: the driver only inspects it (its
+        encoding actors fetch the whole model on their own nodes)."""
         from embedforge.config.shared import looks_like_path
         from embedforge.models import resolve_backbone
         from embedforge.storage import is_uri
@@ -28,14 +30,17 @@ class ModelSpec(EmbedderSpec):
             raise ModelPathError(f"model path {spec!r} does not exist")
         if self.adapter is not None and not Path(self.adapter).expanduser().is_dir():
             raise ModelPathError(f"adapter directory {self.adapter!r} does not exist")
-        return resolve_backbone(spec)
+        return resolve_backbone(spec, weights=False)
 
     def fingerprint(self) -> str:
         """The cache key of this model's vectors: its files and the settings really used (a
         sentence-transformers directory's own pooling, normalisation and max length)."""
         from embedforge.evaluate.cache import model_fingerprint
+        from embedforge.storage import is_uri
 
         self.resolved_path()
-        used = resolve(self)
-        return model_fingerprint(used.path, used.adapter, pooling=used.pooling, normalize=used.normalize,
+        used = resolve(self, weights=False)
+        # In object storage: the stored files' sizes and times (the local copy has no weights).
+        files = self.backbone if is_uri(self.backbone) else used.path
+        return model_fingerprint(files, used.adapter, pooling=used.pooling, normalize=used.normalize,
                                  max_length=used.max_length, dtype=used.dtype)

@@ -77,10 +77,33 @@ class TeacherCaller:
             out = await call_teacher(client, teacher, row, int(row["max_tokens"]), limits)
         return {**row, **out}
 
+    def _full_groups(self) -> set[str]:
+        import ray
+
+        from embedforge.generate.teachers import quotas_actor_name
+
+        try:
+            quotas = ray.get_actor(quotas_actor_name(self.run_key), namespace="embedforge")
+        except ValueError:  # no quotas for this run (a direct call): nothing is skipped
+            return set()
+        return set(ray.get(quotas.full_groups.remote()))
+
     async def __call__(self, batch: dict) -> dict:
-        results = await asyncio.gather(*(self._one(r) for r in _rows(batch)))
+        rows = _rows(batch)
+        # Asked once per batch: a group that filled meanwhile costs no more teacher calls.
+        full = self._full_groups()
+        todo = [r for r in rows if not (r["kind"] == "example" and r["group"] in full)]
+        results = iter(await asyncio.gather(*(self._one(r) for r in todo)))
         # Parsing here rather than in a separate task stage spares the CPUs the teacher may share.
-        return _columns([parse_outcome(r, *self.min_words) for r in results])
+        return _columns([skipped_outcome(r) if r["kind"] == "example" and r["group"] in full
+                         else parse_outcome(next(results), *self.min_words) for r in rows])
+
+
+def skipped_outcome(row: dict) -> dict:
+    """A request not sent: its group was already full (no tokens, no cost, not an attempt)."""
+    return {"id": row["id"], "group": row["group"], "kind": row["kind"], "teacher": row["teacher"],
+            "language": row["language"], "raw": "", "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0,
+            "status": "skipped", "reason": "group_full", "detail": "", "payload": ""}
 
 
 def parse_outcome(row: dict, min_words_short: int, min_words_long: int) -> dict:

@@ -31,7 +31,13 @@ from embedforge.generate.taxonomy import (
     row_seed,
     split_counts,
 )
-from embedforge.generate.teachers import LocalTeacherServer, TeacherError, limits_actor, preflight
+from embedforge.generate.teachers import (
+    LocalTeacherServer,
+    TeacherError,
+    limits_actor,
+    preflight,
+    quotas_actor,
+)
 from embedforge.generate.validation import Deduper, dedupe_keys
 
 
@@ -62,6 +68,8 @@ class GenerationSummary(BaseModel):
     targets: dict[str, int]
     complete: bool
     missing: dict[str, int] = Field(default_factory=dict)  # group -> rows still missing
+    # Planned requests never sent because their group filled first (generate.oversample's surplus).
+    skipped_full_group: int = 0
     fallback_tasks: list[str] = Field(default_factory=list)
     teacher_checks: dict[str, dict] = Field(default_factory=dict)  # teacher -> its test completion
     labeled: dict[str, int] = Field(default_factory=dict)
@@ -81,8 +89,10 @@ class Committer:
     """Driver-side end of the pipeline: whole-run dedupe, per-group caps, shard commits, health."""
 
     def __init__(self, store: RunStore, cfg: GenerateConfig, targets: dict[str, int], records: list[dict],
-                 kept_rows: list[dict], server: LocalTeacherServer | None = None):
+                 kept_rows: list[dict], server: LocalTeacherServer | None = None, quotas=None):
         self.store, self.cfg, self.targets, self.server = store, cfg, targets, server
+        self.quotas = quotas  # the run's GroupQuotas actor: told when a group fills
+        self.skipped = 0
         self.records = records  # every committed attempt of the run (grows as shards commit)
         self.session: list[dict] = []
         self.kept = Counter(r["group"] for r in records if r["status"] == "kept" and r["kind"] == "example")
@@ -100,6 +110,9 @@ class Committer:
 
     def add(self, out: dict) -> bool:
         """Take one outcome; True when it became a kept row."""
+        if out["status"] == "skipped":  # never sent: not an attempt, nothing to record
+            self.skipped += 1
+            return False
         if out["status"] == "kept":
             row = json.loads(out["payload"])
             if self.kept[row["group"]] >= self.targets.get(row["group"], 0):
@@ -109,6 +122,8 @@ class Committer:
             else:
                 self.kept[row["group"]] += 1
                 self.buf_kept.append(row)
+                if self.quotas is not None and self.kept[row["group"]] >= self.targets.get(row["group"], 0):
+                    self.quotas.mark_full.remote(row["group"])
         if out["status"] != "kept":
             self.buf_rejects.append({k: out[k] for k in ("id", "group", "kind", "teacher", "reason", "detail", "raw")})
         self.buf_records.append({k: out[k] for k in ("id", "group", "kind", "teacher", "language", "status", "reason", "prompt_tokens", "completion_tokens")})
@@ -287,7 +302,10 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -
             limits_actor(run_key, t)
     weights = {t.name: t.weight for t in teachers}
     state = store.load()
-    committer = Committer(store, gen, targets, state.records, state.kept_rows, server=ready.server)
+    quotas = quotas_actor(run_key)
+    committer = Committer(store, gen, targets, state.records, state.kept_rows, server=ready.server, quotas=quotas)
+    # Groups full from an earlier session are skipped from the start.
+    ray.get(quotas.reset.remote([g for g, target in targets.items() if committer.kept[g] >= target]))
     tasks, brainstorm_records = _brainstorm(store, gen, targets, ready, weights, run_key, run_seed)
     committer.records += brainstorm_records
     committer.session += brainstorm_records
@@ -311,6 +329,7 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -
     counts = summarize(committer.records, prices, time.monotonic() - started, committer.session)
     return GenerationSummary(
         **counts, targets=targets, complete=not committer.missing(), missing=committer.missing(),
+        skipped_full_group=committer.skipped,
         fallback_tasks=sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback")),
         teacher_checks=ready.checks)
 

@@ -90,6 +90,37 @@ def limits_actor(run_key: str, teacher: TeacherConfig):
     )
 
 
+class GroupQuotas:
+    """The groups that are full, for this run: the driver marks a group as soon as its target is kept,
+    and the teacher callers skip that group's remaining requests instead of paying for surplus rows."""
+
+    def __init__(self):
+        self.full: set[str] = set()
+
+    def mark_full(self, group: str) -> None:
+        self.full.add(group)
+
+    def reset(self, full: list[str]) -> None:
+        """At the start of a session: the groups already full (an actor left by an earlier session in
+        the same driver may hold groups a larger target has reopened)."""
+        self.full = set(full)
+
+    def full_groups(self) -> list[str]:
+        return sorted(self.full)
+
+
+def quotas_actor_name(run_key: str) -> str:
+    return f"embedforge-quotas-{run_key}"
+
+
+def quotas_actor(run_key: str):
+    """The named actor holding this run's full groups (created once, found by every teacher caller)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(GroupQuotas).options(name=quotas_actor_name(run_key), namespace="embedforge",
+                                                       get_if_exists=True, lifetime=None).remote()
+
+
 # --------------------------------------------------------------------------------------- calls
 
 

@@ -170,13 +170,24 @@ def add_eos_post_processor(tokenizer) -> None:
 
 
 def query_prompts(instructions: dict[str, str]) -> dict[str, str]:
-    """sentence-transformers prompts (a prefix per task) from the instruction template.
+    """sentence-transformers prompts (a prefix per task) from the instruction template, keyed the way
+    mteb looks them up: ``"<task>-query"`` for retrieval and reranking tasks (their documents take no
+    instruction, and mteb would apply a bare ``"<task>"`` key to documents too), ``"<task>"`` for
+    symmetric tasks (STS, classification, clustering, pair classification: both sides instructed).
 
     A model trained with ``model.instructions: false`` is exported with ``{}`` (no prompts): its
     queries are encoded exactly like documents.
     """
+    from embedforge.instructions import ASYMMETRIC_TYPES, aggregate_of, task_type_of
+
     prefix = QUERY_TEMPLATE.split("{query}")[0]
-    return {name: prefix.format(instruction=text.strip()) for name, text in instructions.items() if text.strip()}
+    out = {}
+    for name, text in instructions.items():
+        if not text.strip():
+            continue
+        asymmetric = task_type_of(aggregate_of(name) or name) in ASYMMETRIC_TYPES
+        out[f"{name}-query" if asymmetric else name] = prefix.format(instruction=text.strip())
+    return out
 
 
 # embedforge pooling name -> sentence-transformers pooling_mode (both weight positions 1..n for weighted_mean).
