@@ -114,6 +114,14 @@ def read_sentence_transformers_settings(path: str) -> SentenceTransformersSettin
     if os.path.isfile(st_cfg):
         with open(st_cfg) as fh:
             max_seq_length = json.load(fh).get("max_seq_length")
+    tok_cfg = os.path.join(path, sub, "tokenizer_config.json")
+    if max_seq_length is None and os.path.isfile(tok_cfg):
+        # sentence-transformers 6 saves the limit as the tokenizer's model_max_length instead (an
+        # unset one is a huge sentinel, not a limit).
+        with open(tok_cfg) as fh:
+            limit = json.load(fh).get("model_max_length")
+        if isinstance(limit, int) and limit < 1_000_000:
+            max_seq_length = limit
     return SentenceTransformersSettings(pooling, normalize, max_seq_length, sub)
 
 

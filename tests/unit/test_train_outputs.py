@@ -80,6 +80,17 @@ def test_sentence_transformers_dir_encodes_like_the_encoder(exported):
     assert json.loads((st_dir / "embedforge.json").read_text())["max_length"] == 16
 
 
+def test_the_exported_folder_is_read_back_with_its_own_max_length(exported):
+    """sentence-transformers 6 keeps max_seq_length as the tokenizer's model_max_length: loading the
+    folder (evaluation, serving) must truncate where sentence-transformers does (16 here), not at the
+    model section's default 512."""
+    from embedforge.embedders import EmbedderSpec, read_sentence_transformers_settings, resolve
+
+    _, _, _, st_dir = exported
+    assert read_sentence_transformers_settings(str(st_dir)).max_seq_length == 16
+    assert resolve(EmbedderSpec(backbone=str(st_dir))).max_length == 17  # + the EOS the Encoder counts
+
+
 def test_empty_adapter_is_refused(tmp_path):
     peft = add_lora(tiny_model("llama"), LoraSettings(r=2))
     state = {k: torch.zeros(0) for k in gathered_lora_state_dict(peft)}
