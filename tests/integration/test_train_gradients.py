@@ -27,7 +27,18 @@ TEMPERATURE = 0.05
 GLOBAL = 4
 
 
-def _worker(rank, world_size, port, chunk_size, checkpointing, out_dir):
+def tiny_guide():
+    """A frozen tiny random decoder as the guide model (the student's char tokenizer): its mask is
+    arbitrary but fixed, which is all these tests need."""
+    from embedforge.encoder import Encoder
+    from embedforge.testing import tiny_model, tiny_tokenizer
+    from embedforge.train.guide import Guide
+
+    tok = tiny_tokenizer()
+    return Guide(Encoder(tiny_model("llama", seed=3), tok, max_length=64), tok, "absolute", 0.0)
+
+
+def _worker(rank, world_size, port, chunk_size, checkpointing, out_dir, guided=False):
     import deepspeed
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_grad
@@ -48,23 +59,25 @@ def _worker(rank, world_size, port, chunk_size, checkpointing, out_dir):
     engine, _ = init_engine(model, cfg, total_steps=10)
     record = dict(batch(n=GLOBAL, k=1), num_negatives=1)
     local = worker_slice(record, rank, world_size)
+    # guided: every worker embeds its rows with the guide and gathers them over gloo (Guide.mask)
+    mask = tiny_guide().mask(local, torch.device("cpu")) if guided else None
     torch.manual_seed(7)
-    loss = contrastive_backward(engine, local, 0, TEMPERATURE, chunk_size, DeepSpeedBackward(engine))
+    loss = contrastive_backward(engine, local, 0, TEMPERATURE, chunk_size, DeepSpeedBackward(engine), mask=mask)
     # safe_get_full_grad is a collective: every rank calls it, before step() clears the gradients.
     grads = {n: safe_get_full_grad(p).detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
     engine.step()
     state = gathered_lora_state_dict(engine.module)
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / "grads.pt")
+        torch.save({"loss": loss, "grads": grads, "mask": mask}, Path(out_dir) / "grads.pt")
         save_adapter(engine.module, state, Path(out_dir) / "adapter")
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _reference():
+def _reference(mask=None):
     model = lora_model()
     torch.manual_seed(7)
-    loss = contrastive_backward(model, dict(batch(n=GLOBAL, k=1), num_negatives=1), 0, TEMPERATURE, None)
+    loss = contrastive_backward(model, dict(batch(n=GLOBAL, k=1), num_negatives=1), 0, TEMPERATURE, None, mask=mask)
     return loss, lora_grads(model)
 
 
@@ -92,6 +105,23 @@ def test_zero3_worker_gradient_equals_global_batch_gradient(tmp_path, world_size
     loaded = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "adapter"))
     assert sum(p.numel() for n, p in loaded.named_parameters() if "lora_" in n) == sum(
         t.numel() for t in tensors.values())
+
+
+def test_guide_masked_cross_worker_gradient_equals_single_process_masked_gradient(tmp_path):
+    """train.guide_model on 2 gloo workers under ZeRO-3 with gradient caching: the guide mask built
+    from the workers' gathered guide embeddings equals the single-process mask of the global batch, and
+    each worker's LoRA gradient equals the single-process, no-caching gradient of the masked loss."""
+    record = dict(batch(n=GLOBAL, k=1), num_negatives=1)
+    mask = tiny_guide().mask(record, torch.device("cpu"))
+    assert 0 < mask.sum() < mask.numel()  # some candidates masked, not all
+    ref_loss, ref = _reference(mask)
+    _, unmasked = _reference()
+    assert any(not torch.allclose(ref[n], unmasked[n], atol=1e-5) for n in ref)  # the mask matters
+    mp.spawn(_worker, args=(2, free_port(), 3, False, str(tmp_path), True), nprocs=2, join=True)
+    got = torch.load(tmp_path / "grads.pt")
+    assert torch.equal(got["mask"], mask)
+    for name, g in ref.items():
+        torch.testing.assert_close(got["grads"][name], g, rtol=1e-4, atol=2e-4, msg=name)
 
 
 def _precision_worker(rank, port, precision, offload, out_dir):

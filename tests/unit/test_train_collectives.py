@@ -73,3 +73,27 @@ def test_the_loop_and_the_step_issue_no_collective_of_their_own(repo_root):
         calls = [n.func.attr for n in ast.walk(tree)
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in names]
         assert calls == [], (rel, calls)
+
+
+def test_the_guide_gather_runs_on_the_given_device(monkeypatch):
+    """``gather_rows`` (the guide's embeddings, train.guide_model) moves its input to the group's device
+    and gathers every worker's rows in rank order."""
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    seen = []
+
+    def gather(parts, tensor):
+        seen.append(tensor.device)
+        assert tensor.device == GROUP_DEVICE and all(p.device == GROUP_DEVICE for p in parts)
+        for rank, part in enumerate(parts):  # worker r holds rows r*10 + its local rows
+            part.copy_(tensor + 10 * rank)
+
+    monkeypatch.setattr(dist, "all_gather", gather)
+    local = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+    with torch.device("meta"):
+        got = collectives.gather_rows(local, GROUP_DEVICE)
+    assert seen == [GROUP_DEVICE] and got.device == GROUP_DEVICE
+    torch.testing.assert_close(got, torch.cat([local, local + 10]))
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 1)
+    assert torch.equal(collectives.gather_rows(local, GROUP_DEVICE), local)

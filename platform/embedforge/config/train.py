@@ -5,11 +5,13 @@ steps then linear decay, weight decay 0.1, τ = 0.02, one epoch, DeepSpeed ZeRO-
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from embedforge.config.base import Section
+from embedforge.config.shared import MODEL_ALIASES, looks_like_path
 
 
 class LoraSettings(Section):
@@ -76,6 +78,15 @@ class TrainConfig(Section):
     # for an unlabeled positive (a false negative) and skipped. null: off.
     mining_max_positive_ratio: float | None = Field(None, gt=0, le=1)
     mining_margin: float | None = Field(None, ge=0)
+    # False-negative masking in the loss (GISTEmbed): a frozen guide model (a model spec like
+    # model.backbone: an alias such as all-minilm-l6-v2, a local directory, a .gguf file or a hub id)
+    # scores every query against every in-batch, cross-worker and hard negative of the step; one it
+    # scores above the query's positive is dropped from the softmax. null: off. Costs one forward of
+    # the guide per sequence per step (train/guide.py).
+    guide_model: str | None = None
+    # absolute: mask a candidate scoring > positive - guide_margin; relative: > positive x (1 - guide_margin).
+    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
+    guide_margin: float = Field(0.0, ge=0)
 
     @field_validator("resources_per_worker")
     @classmethod
@@ -87,6 +98,24 @@ class TrainConfig(Section):
         bad = sorted(k for k, n in v.items() if n <= 0)
         if bad:
             raise ValueError(f"resources_per_worker: amounts must be > 0, got {', '.join(f'{k}={v[k]}' for k in bad)}")
+        return v
+
+    @field_validator("guide_model")
+    @classmethod
+    def _guide_model_exists(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("guide_model must not be empty (null turns the guide off)")
+        from embedforge.storage import is_uri
+
+        if v in MODEL_ALIASES or is_uri(v):
+            return v
+        if looks_like_path(v) and not os.path.exists(os.path.expanduser(v)):
+            raise ValueError(
+                f"guide model path {v!r} does not exist (give an existing HF model directory, a .gguf file, "
+                f"a hub id like 'org/name', one of: {', '.join(MODEL_ALIASES)}, or null to turn the guide off)"
+            )
         return v
 
     @field_validator("data")
@@ -119,6 +148,16 @@ class TrainConfig(Section):
             raise ValueError(
                 "train.deepspeed.precision=fp16 needs train.use_gpu=true (DeepSpeed has no fp16 on CPU); "
                 "allowed on CPU: 'bf16', 'fp32'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _relative_guide_margin_below_one(self) -> TrainConfig:
+        if self.guide_margin_strategy == "relative" and not self.guide_margin < 1:
+            raise ValueError(
+                f"train.guide_margin ({self.guide_margin}) must be < 1 with train.guide_margin_strategy=relative "
+                "(a candidate is masked above positive x (1 - guide_margin)); allowed: 0 <= guide_margin < 1, "
+                "e.g. 0.05, or guide_margin_strategy=absolute"
             )
         return self
 

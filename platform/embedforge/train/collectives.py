@@ -1,5 +1,7 @@
 """The training loop's own collectives (besides DeepSpeed's and the loss's gather), on the group's device.
 
+The guide model's embeddings (``train.guide_model``) are gathered here too, without gradient (``gather_rows``).
+
 NCCL, the backend of GPU training, accepts only CUDA tensors: a collective on a tensor created with
 the default (CPU) device fails a GPU run at its first step, while gloo on a CPU test machine accepts
 it. So every tensor here is created on the ``device`` the caller passes (the DeepSpeed engine's,
@@ -47,3 +49,18 @@ def check_same_batch(order: str, device: torch.device) -> None:
     dist.all_reduce(mine, op=dist.ReduceOp.MAX)
     if mine[0].item() != -mine[1].item():
         raise RuntimeError("workers disagree on the current global batch (dataset order not preserved)")
+
+
+def gather_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every worker's rows of ``x`` in rank order, without gradient (``x`` itself with one worker).
+
+    Every worker must pass the same shape (the batch planner gives each the same number of rows).
+    ``x`` is moved to ``device``, the group's, first; the result stays there.
+    """
+    x = x.detach().to(device).contiguous()
+    size = _group_size()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x)
+    return torch.cat(parts)

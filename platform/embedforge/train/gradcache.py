@@ -14,6 +14,9 @@ world size once.
   batch and its gradient w.r.t. every embedding; (3) re-run each chunk with a graph under the same
   RNG state (dropout replays identically) and backpropagate ``<embedding, cached gradient>``.
 
+An optional false-negative mask (``train.guide_model``, ``train/guide.py``) is built once per step
+over the global batch, before either path runs, and passed to the loss (``mask=``).
+
 Under DeepSpeed ZeRO-2/3 ``engine.no_sync()`` is refused, so the backward of every chunk but the last
 runs with ``set_gradient_accumulation_boundary(False)`` (gradients accumulate in the partitions, no
 reduction) and the last with ``True`` (one reduction), with ``scale_wrt_gas=False`` so DeepSpeed does
@@ -50,12 +53,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def cross_worker_info_nce(
-    queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, temperature: float
+    queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, temperature: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of the local queries against the positives and negatives of the global batch.
 
     Every worker holds the same number of queries and negatives (the batch planner guarantees it),
-    so a worker's queries sit at ``rank * len(queries)`` in the gathered batch.
+    so a worker's queries sit at ``rank * len(queries)`` in the gathered batch. ``mask`` (optional):
+    the false-negative mask over the *global* batch (every query x every gathered document, the same
+    on every worker: ``train.guide.Guide.mask``); this worker applies its own queries' rows.
     """
     rank, _ = world()
     all_q = gather_with_grad(queries)
@@ -63,7 +69,7 @@ def cross_worker_info_nce(
     all_n = gather_with_grad(negatives) if negatives is not None and negatives.shape[0] > 0 else None
     n = queries.shape[0]
     return info_nce(all_q.float(), all_p.float(), None if all_n is None else all_n.float(), temperature,
-                    query_offset=rank * n, num_queries=n)
+                    query_offset=rank * n, num_queries=n, mask=mask)
 
 
 class RandContext:
@@ -144,11 +150,17 @@ def contrastive_backward(
     pooling: str = "last_token",
     device: torch.device | str = "cpu",
     loss_fn: Callable | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward + backward of one worker's local batch; gradients land in the model; returns the loss.
 
     ``local`` holds ``query_ids``, ``positive_ids`` (one list per query) and ``negative_ids``
     (``num_negatives`` per query, row-major). The returned loss is this worker's (detached).
+
+    ``mask`` (optional): the step's false-negative mask over the global batch (``Guide.mask``),
+    computed once per step before this call. It does not depend on the model being trained, so the
+    one loss both paths compute (the plain forward's; with caching, the loss over the cached
+    embeddings whose gradients the graph pass replays) applies the same mask.
     """
     hooks = hooks or PlainBackward()
     loss_fn = loss_fn or cross_worker_info_nce
@@ -162,7 +174,9 @@ def contrastive_backward(
 
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         q, p, n = split_embeddings(emb, nq, k)
-        return loss_fn(q, p, n if k > 0 else None, temperature)
+        if mask is None:  # a custom loss_fn need not take a mask
+            return loss_fn(q, p, n if k > 0 else None, temperature)
+        return loss_fn(q, p, n if k > 0 else None, temperature, mask=mask)
 
     if chunk_size is None:
         hooks.before_chunk(True)

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from embedforge.config.train import TrainConfig
+from embedforge.embedders import EmbedderSpec
 from embedforge.train.batching import count_tokens, worker_slice
 from embedforge.train.collectives import check_same_batch, sum_over_workers
 
@@ -26,6 +27,8 @@ class WorkerPlan(BaseModel):
     out_dir: str  # the train stage's folder in the run's storage (a local path, a shared mount or a URI)
     total_steps: int = Field(ge=1)
     pooling: str
+    # The frozen guide model of false-negative masking (train.guide_model; train/guide.py), null: off.
+    guide: EmbedderSpec | None = None
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -60,6 +63,11 @@ def train_loop_per_worker(config: dict) -> None:
     total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
     device = engine_device(engine)  # the process group's device: every collective's tensors live there
+    guide = None
+    if plan.guide is not None:  # frozen, on this worker's device, loaded after the (ZeRO-3) backbone
+        from embedforge.train.guide import Guide
+
+        guide = Guide.load(plan.guide, tokenizer, train.guide_margin_strategy, train.guide_margin, device)
 
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -86,7 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
             check_same_batch(record["order"], device)
             local = worker_slice(record, rank, world_size)
             t0 = time.perf_counter()
-            metrics = train_step(engine, local, pad, train, pooling=plan.pooling)
+            metrics = train_step(engine, local, pad, train, pooling=plan.pooling, guide=guide)
             seconds = time.perf_counter() - t0
             step += 1
             tokens = sum_over_workers(count_tokens(local), device)

@@ -100,6 +100,7 @@ def train_model(cfg) -> TrainResult:
     from embedforge.ray_utils import check_capacity, format_resources, init_ray
     from embedforge.train.dataset import build_batches
     from embedforge.train.export import ExportPlan, run_export_task
+    from embedforge.train.guide import guide_spec
     from embedforge.train.loop import WorkerPlan, train_loop_per_worker
     from embedforge.train.mining import mining_spec
 
@@ -132,7 +133,7 @@ def train_model(cfg) -> TrainResult:
         train_loop_per_worker,
         train_loop_config=WorkerPlan(
             train=train, backbone=backbone, out_dir=published, total_steps=steps,
-            pooling=cfg.model.pooling,
+            pooling=cfg.model.pooling, guide=guide_spec(cfg.model, train.guide_model),
         ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker, **train.resources_per_worker}),
