@@ -203,6 +203,9 @@ def listing(path: str) -> list[tuple[str, int]]:
     return [(rel, size) for rel, size, _ in _snapshot(fs, inner, path)]
 
 
+COPY_CHUNK_BYTES = 64 << 20
+
+
 def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str, shown: str) -> None:
     info = src_fs.get_file_info(src)
     if info.type == pafs.FileType.NotFound:
@@ -224,7 +227,11 @@ def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str, 
                 if folder:
                     dst_fs.create_dir(posixpath.join(dst, folder), recursive=True)
     # copy_files walks a directory recursively (empty directories included) and copies in parallel.
-    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=True)
+    # Reads of 1 MiB (its default) make a 500 MB model 500 ranged GETs; 64 MiB blocks cut the requests
+    # (and their latency) 64-fold. 200 MB from moto's S3 server on loopback (which copies the object
+    # per ranged GET): 45.6 s at 1 MiB, 6.3 s at 16 MiB, 1.9 s at 64 MiB. Costs one block per file in flight.
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs, use_threads=True,
+                    chunk_size=COPY_CHUNK_BYTES)
 
 
 def upload(local: str | os.PathLike, dest: str) -> None:
