@@ -263,7 +263,7 @@ def check_teachers(cfg) -> list[Check]:
     from embedforge.generate.teachers import TeacherError
 
     gen = cfg.generate
-    if "generate" not in cfg.pipeline.stages or gen.num_rows == 0:
+    if "generate" not in cfg.pipeline.stages or not gen.uses_teachers:
         return [Check("teachers", SKIP, "this config generates no synthetic rows")]
     if not gen.local_teacher.enabled and not gen.teachers:
         return [Check("teachers", FAIL, "no teacher configured",
@@ -306,7 +306,8 @@ def check_baseline(extras: set[str]) -> Check:
 
 def config_paths(cfg) -> list[tuple[str, str]]:
     """(config key, path) for every input file or folder the config names."""
-    out = [(f"generate.labeled[{i}].path", d.path) for i, d in enumerate(cfg.generate.labeled)]
+    # (a labeled set read from the Hugging Face hub names no local path)
+    out = [(f"generate.labeled[{i}].path", d.path) for i, d in enumerate(cfg.generate.labeled) if d.path]
     out += [(f"generate.contamination.eval_files[{i}]", p) for i, p in enumerate(cfg.generate.contamination.eval_files)]
     out += [(f"evaluate.local_tasks[{i}].path", t.path) for i, t in enumerate(cfg.evaluate.local_tasks)]
     run_dir = str(cfg.run.dir)

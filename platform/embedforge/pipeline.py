@@ -79,14 +79,38 @@ def _section(cfg, dotted: str):
         key = dotted.split(".", 1)[1]
         data = cfg.pipeline.model_dump(mode="json")
         return {k: v for k, v in data.items() if k.startswith(key)}
-    return getattr(cfg, dotted).model_dump(mode="json")
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return _jsonable(value)
+
+
+def _jsonable(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def stage_inputs(cfg, stage: str) -> tuple[str, ...]:
+    """``STAGE_INPUTS[stage]`` plus what a setting makes the generate stage read: the model (corpus
+    chunks are counted in its tokens; the consistency filter may be the backbone) and the evaluation
+    tasks (the contamination index)."""
+    keys = STAGE_INPUTS[stage]
+    if stage == "generate":
+        if cfg.generate.corpus is not None:
+            keys += ("model",)
+        if cfg.generate.contamination.against_evaluation:
+            keys += ("evaluate.tasks", "evaluate.local_tasks")
+    return keys
 
 
 def stage_fingerprints(cfg) -> dict[str, str]:
     """A chained hash per stage: a change upstream invalidates everything after it."""
     prints, prev = {}, json.dumps({"seed": cfg.run.seed})
     for stage in STAGE_ORDER:
-        payload = json.dumps({"prev": prev, **{k: _section(cfg, k) for k in STAGE_INPUTS[stage]}}, sort_keys=True)
+        payload = json.dumps({"prev": prev, **{k: _section(cfg, k) for k in stage_inputs(cfg, stage)}}, sort_keys=True)
         prev = prints[stage] = hashlib.sha256(payload.encode()).hexdigest()[:16]
     return prints
 
@@ -238,7 +262,7 @@ def run_pipeline(cfg) -> PipelineResult:
     results: dict[str, BaseModel] = {s: r for s, r in done.items() if r is not None and s not in to_run}
     timings: dict[str, float | str] = {}
     with contextlib.ExitStack() as teachers:
-        if "generate" in to_run and cfg.generate.num_rows > 0:
+        if "generate" in to_run and cfg.generate.uses_teachers:
             # Every teacher answers a real completion before any Ray work; the local server stays up
             # for the generate stage and stops right after it.
             ready = teachers.enter_context(ready_teachers(cfg.generate, run_dir / "generate"))

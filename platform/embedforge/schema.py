@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, field
 SYNTHETIC_GROUPS = ("short_long", "long_short", "short_short", "long_long", "sts", "bitext")
 LABELED_GROUPS = ("retrieval", "sts_pairs", "pair_classification", "classification")
 GROUPS = SYNTHETIC_GROUPS + LABELED_GROUPS
+# Corpus-grounded rows (a teacher's query for a chunk of the user's documents) are retrieval rows whose
+# source names the chunk: "corpus:<doc_id>#<n>".
+CORPUS_GROUP = "retrieval"
+CORPUS_SOURCE_PREFIX = "corpus:"
 
 COLUMNS = (
     "id",                 # stable unique id (str); reruns produce the same ids
@@ -22,7 +26,7 @@ COLUMNS = (
     "negatives",          # list[str], possibly empty (hard negatives)
     "language",           # e.g. "English"
     "teacher",            # teacher name, or the loader/source name for labeled data
-    "source",             # "synthetic" or the labeled data set name
+    "source",             # "synthetic", the labeled data set name, or "corpus:<doc_id>#<n>" (the chunk)
     "prompt_tokens",      # int, teacher tokens spent on this row (0 for labeled data)
     "completion_tokens",  # int
 )
@@ -54,6 +58,21 @@ class TrainingRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def corpus_source(chunk_id: str) -> str:
+    return CORPUS_SOURCE_PREFIX + chunk_id
+
+
+def chunk_id_of(row: dict) -> str | None:
+    """The chunk a corpus-grounded row's query was written for (``<doc_id>#<n>``), else None."""
+    source = row.get("source") or ""
+    return source[len(CORPUS_SOURCE_PREFIX):] if source.startswith(CORPUS_SOURCE_PREFIX) else None
+
+
+def doc_id_of_chunk(chunk_id: str) -> str:
+    """``<doc_id>#<n>`` -> ``<doc_id>`` (a document id may itself hold '#')."""
+    return chunk_id.rsplit("#", 1)[0]
 
 
 def arrow_schema():

@@ -102,7 +102,9 @@ def test_injected_faults_still_give_every_row_once(llama, ray_cluster, tmp_path)
                               "timeout_s": 20}],
                 "language_weights": {"English": 100}, "max_tokens": 48, "min_words_long": 1,
                 "shard_rows": 2, "progress": False, "reject_min_attempts": 100,
+                "contamination": {"against_evaluation": True},
             },
+            "evaluate": {"local_tasks": [{"kind": "sts", "name": "STSBenchmark", "path": str(_sts_task(tmp_path))}]},
         }
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
         result = generate_data(load_config(str(tmp_path / "c.yaml"))).synthetic
@@ -119,6 +121,49 @@ def test_injected_faults_still_give_every_row_once(llama, ray_cluster, tmp_path)
     # the client's own retries absorbed the faults: no attempt ended as a request error
     assert "request_error" not in result.rejects
     assert language_weights({"English": 100})  # (config language override used above is valid)
+    # the evaluation task went into the run's contamination index (its rows were checked against it)
+    assert list(result.contamination["sources"].values()) == [4] and result.contamination["texts"] == 4
+
+
+def _sts_task(tmp_path):
+    folder = tmp_path / "sts-task"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "test.tsv").write_text("sentence1\tsentence2\tscore\n"
+                                         "A woman slices a tomato.\tA woman is cutting a tomato.\t4.8\n"
+                                         "Two dogs play in the snow.\tA man reads a newspaper on a bench.\t0.2\n")
+    return folder
+
+
+def test_the_contamination_stage_rejects_kept_rows_that_overlap_an_evaluation_task(ray_cluster, tmp_path):
+    """The driver builds the index from what mteb loads for the run's evaluation tasks, puts it in the
+    object store once, and the Ray Data filter actor rejects overlapping rows by name."""
+    import ray
+
+    from embedforge.config import load_config
+    from embedforge.generate.pipeline import _contamination
+    from embedforge.generate.runner import _contamination_index
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "run": {"name": "contam", "output_dir": str(tmp_path), "seed": 0},
+        "generate": {"contamination": {"against_evaluation": True, "ngram": 5}},
+        "evaluate": {"local_tasks": [{"kind": "sts", "name": "STSBenchmark", "path": str(_sts_task(tmp_path))}]},
+    }))
+    ref, summary = _contamination_index(load_config(str(tmp_path / "c.yaml")), tmp_path / "cache")
+    assert summary["texts"] == 4 and isinstance(ref, ray.ObjectRef)
+
+    def outcome(i, query, positive, status="kept", kind="example"):
+        return {"id": f"r{i}", "kind": kind, "status": status, "reason": "", "detail": "",
+                "payload": json.dumps({"query": query, "positive": positive, "negatives": []})}
+
+    rows = [outcome(0, "a woman slices a TOMATO", "unrelated"),
+            outcome(1, "what is it", "yesterday two dogs play in the snow for hours"),
+            outcome(2, "a clean query", "a clean passage"),
+            outcome(3, "A woman slices a tomato.", "x", status="rejected")]
+    out = {r["id"]: r for r in _contamination(ray.data.from_items(rows), 2, ref).take_all()}
+    assert (out["r0"]["status"], out["r0"]["reason"], out["r0"]["detail"]) == ("rejected", "contaminated", "query exact")
+    assert (out["r1"]["status"], out["r1"]["detail"]) == ("rejected", "positive ngram")
+    assert out["r2"]["status"] == "kept" and out["r3"]["reason"] == ""  # already rejected rows are left alone
 
 
 def test_a_full_group_costs_no_more_teacher_calls(llama, ray_cluster):

@@ -8,11 +8,15 @@ import pytest
 from embedforge.config.base import ConfigError
 from embedforge.formats import (
     FormatError,
+    find_data_file,
     read_beir,
     read_classification_file,
+    read_keyed_tsv,
     read_pairs,
+    read_records,
     read_sts_file,
     read_texts,
+    read_trec_qrels,
     write_beir,
     write_classification,
     write_pairs,
@@ -95,6 +99,102 @@ def test_empty_corpus_bad_json_and_duplicate_ids_fail_naming_the_file(tmp_path):
     (folder / "queries.jsonl").write_text('{"_id": "q1", "title": "no text"}\n')
     with pytest.raises(FormatError, match=r"queries.jsonl:1: a query needs '_id' and a string 'text'"):
         read_beir(folder, "test")
+
+
+def test_beir_judged_only_holds_just_the_judged_documents_and_still_checks_the_qrels(tmp_path):
+    data = read_beir(_beir(tmp_path / "t"), "test", judged_only=True)
+    assert data["corpus"] == {"d1": {"text": "Cats purr.", "title": "Cats"}}
+    assert data["queries"] == {"q1": "what sound do cats make"} and data["relevant_docs"] == {"q1": {"d1": 1}}
+    folder = _beir(tmp_path / "u", qrels={"q1": {"d9": 1}})
+    with pytest.raises(FormatError, match=r"qrels/test.tsv:2: corpus-id 'd9' is not in corpus.jsonl"):
+        read_beir(folder, "test", judged_only=True)
+
+
+# ------------------------------------------------------------------ labeled training sets
+
+
+def test_keyed_tsv_reads_id_and_columns_unquoted_keeping_only_the_asked_ids(tmp_path):
+    path = tmp_path / "collection.tsv"
+    path.write_text('0\tsay "hi" there\n1\tsecond\twith a tab\n2\tthird\n')
+    assert read_keyed_tsv(path, ("text",)) == {"0": {"text": 'say "hi" there'}, "1": {"text": "second\twith a tab"},
+                                               "2": {"text": "third"}}
+    assert read_keyed_tsv(path, ("text",), keep={"2"}) == {"2": {"text": "third"}}
+    docs = tmp_path / "msmarco-docs.tsv"
+    docs.write_text("D1\thttp://a\tTitle\tBody text\nD2\thttp://b\t\t\n")  # empty title and body kept
+    assert read_keyed_tsv(docs, ("url", "title", "text")) == {
+        "D1": {"url": "http://a", "title": "Title", "text": "Body text"}, "D2": {"url": "http://b", "title": "", "text": ""}}
+
+
+def test_keyed_tsv_skips_a_header_line_reads_gzip_and_fails_naming_file_and_line(tmp_path):
+    import gzip
+
+    path = tmp_path / "queries.train.tsv.gz"
+    path.write_bytes(gzip.compress("qid\ttext\n50003\t鹦鹉用什么磨牙\n".encode()))
+    assert find_data_file(tmp_path, "queries.train.tsv") == path
+    assert read_keyed_tsv(path, ("text",)) == {"50003": {"text": "鹦鹉用什么磨牙"}}
+    bad = tmp_path / "docs.tsv"
+    bad.write_text("D1\thttp://a\tTitle\tBody\nD2\thttp://b\n")
+    with pytest.raises(FormatError, match=r"docs.tsv:2: expected 4 tab-separated columns \(id url title text\), got 2"):
+        read_keyed_tsv(bad, ("url", "title", "text"))
+    assert read_keyed_tsv(bad, ("url", "title", "text"), keep={"D1"})["D1"]["text"] == "Body"  # unneeded lines unread
+    bad.write_text("1\ta\n1\tb\n")
+    with pytest.raises(FormatError, match=r"docs.tsv:2: duplicate id '1'"):
+        read_keyed_tsv(bad, ("text",))
+    bad.write_text("")
+    with pytest.raises(FormatError, match=r"docs.tsv: no rows"):
+        read_keyed_tsv(bad, ("text",))
+    with pytest.raises(FormatError, match=r"missing file: .*absent.tsv \(or absent.tsv.gz\)"):
+        find_data_file(tmp_path, "absent.tsv")
+
+
+def test_trec_qrels_tab_or_space_separated_and_pairs(tmp_path):
+    path = tmp_path / "qrels.tsv"
+    path.write_text("1185869\t0\t0\t1\n3 0 D312959 1\n50000\t0\t762239\t0\n")
+    assert read_trec_qrels(path) == [("1185869", "0", 1, 1), ("3", "D312959", 1, 2), ("50000", "762239", 0, 3)]
+    path.write_text("qid\tpid\n50003\t0\n")
+    assert read_trec_qrels(path) == [("50003", "0", 1, 2)]
+    path.write_text("1 0 D1 1\n1 0 D2\n")
+    with pytest.raises(FormatError, match=r"qrels.tsv:2: expected 4 columns \(qid iteration docid relevance\) or 2"):
+        read_trec_qrels(path)
+    path.write_text("1 0 D1 high\n")
+    with pytest.raises(FormatError, match=r"qrels.tsv:1: relevance 'high' is not an integer"):
+        read_trec_qrels(path)
+
+
+def test_records_of_json_lines_a_json_array_parquet_and_a_folder(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    recs = [{"query": "a", "passages": {"is_selected": [1], "passage_text": ["x"]}}, {"query": "b", "passages": None}]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    (tmp_path / "d" / "b.json").write_text(json.dumps(recs))
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "d" / "c.parquet")
+    (tmp_path / "d" / "notes.txt").write_text("not data")
+    got = list(read_records(tmp_path / "d"))
+    assert [r for _, r in got] == recs * 3
+    assert [w.rsplit("/", 1)[-1] for w, _ in got] == ["a.jsonl:1", "a.jsonl:2", "b.json record 1", "b.json record 2",
+                                                     "c.parquet row 1", "c.parquet row 2"]
+
+
+def test_records_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"query": "a"}\n{"query": \n')
+    with pytest.raises(FormatError, match=r"train.jsonl:2: not valid JSON"):
+        list(read_records(path))
+    path.write_text('{"query": "a"}\n["not", "an", "object"]\n')
+    with pytest.raises(FormatError, match=r"train.jsonl:2: a record must be a JSON object, got list"):
+        list(read_records(path))
+    path.write_text("\n")
+    with pytest.raises(FormatError, match=r"train.jsonl: no records"):
+        list(read_records(path))
+    with pytest.raises(FormatError, match=r"train.tsv: not a records file \(expected .jsonl, .json, .parquet"):
+        list(read_records(tmp_path / "train.tsv"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match=r"empty: no data files in the folder"):
+        list(read_records(tmp_path / "empty"))
 
 
 # ------------------------------------------------------------------------------------------- STS

@@ -1,4 +1,4 @@
-"""generate/validation.py: teacher output checked and mapped to rows, brainstorms, dedupe, contamination."""
+"""generate/validation.py: teacher output checked and mapped to rows, brainstorms, dedupe."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import pytest
 
 from embedforge.generate.taxonomy import load_template
 from embedforge.generate.validation import (
-    ContaminationIndex,
     Deduper,
     Rejected,
     normalize,
     parse_brainstorm,
-    read_eval_texts,
     to_row,
     validate_example,
 )
@@ -88,27 +86,6 @@ def test_dedupe_on_normalised_text():
     assert d.add({"group": "long_short", "query": "text one", "positive": "negative"})
     assert d.add({"group": "long_short", "query": "text two", "positive": "negative"})
     assert normalize("Ｃafé,  NOW!") == "café now"
-
-
-def test_contamination_matches_normalised_text_or_a_shared_ngram():
-    evals = ["A plane is taking off.", " ".join(f"w{i}" for i in range(30))]
-    idx = ContaminationIndex(evals, ngram=8)
-    assert idx.match("a PLANE is taking off") == "exact"
-    assert idx.match("prefix words " + " ".join(f"w{i}" for i in range(5, 14)) + " suffix") == "ngram"
-    assert idx.match("w1 w2 w3 w4 w5 w6 w7") is None  # shorter than the n-gram
-    assert idx.match("A plane is landing.") is None
-    assert idx.check_row({"query": "x", "positive": "y", "negatives": ["a plane is taking off"]}) == "negative exact"
-
-
-def test_real_eval_files_read_into_texts_the_index_matches_and_a_missing_one_names_eval_files(shared_data):
-    texts = read_eval_texts(shared_data / "stsb" / "test.tsv")
-    assert len(texts) > 2000
-    idx = ContaminationIndex(texts)
-    assert idx.match(texts[5]) == "exact"
-    scifact = read_eval_texts(shared_data / "scifact" / "queries.jsonl")
-    assert len(scifact) > 1000
-    with pytest.raises(FileNotFoundError, match="eval_files"):
-        read_eval_texts(shared_data / "nope.tsv")
 
 
 def test_a_sampled_length_below_the_minimum_lowers_it_for_that_row():

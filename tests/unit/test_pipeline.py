@@ -16,6 +16,19 @@ def test_fingerprints_chain_downstream_only():
     assert upstream["serve"] != base["serve"]
 
 
+def test_generate_depends_on_the_model_with_a_corpus_and_on_the_tasks_with_contamination_against_them(repo_root):
+    corpus = f"generate.corpus={{path: {repo_root / 'tests/fixtures/corpus/beir'}}}"
+    plain = stage_fingerprints(load_config(None, []))
+    moved = stage_fingerprints(load_config(None, ["model.max_length=64"]))
+    assert moved["generate"] == plain["generate"]  # taxonomy rows do not read the model
+    with_corpus = stage_fingerprints(load_config(None, [corpus]))
+    assert with_corpus["generate"] != stage_fingerprints(load_config(None, [corpus, "model.max_length=64"]))["generate"]
+    guarded = ["generate.contamination.against_evaluation=true"]
+    assert (stage_fingerprints(load_config(None, guarded))["generate"]
+            != stage_fingerprints(load_config(None, [*guarded, "evaluate.tasks=[SciFact]"]))["generate"])
+    assert plain["generate"] == stage_fingerprints(load_config(None, ["evaluate.tasks=[SciFact]"]))["generate"]
+
+
 def _split_result(tmp_path):
     from embedforge.split import SplitResult
 

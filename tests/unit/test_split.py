@@ -37,3 +37,25 @@ def test_heldout_task_stores_shared_documents_once_and_reads_back_as_beir(tmp_pa
     assert set(data["relevant_docs"]) == {r["id"] for r in held}
     assert data["corpus"][next(iter(data["relevant_docs"]["short_long-0"]))]["text"] == "doc 0"
     assert data["relevant_docs"]["short_long-0"] == data["relevant_docs"]["short_long-1"]
+
+
+def _corpus_rows(docs: int, per_doc: int):
+    from embedforge.schema import CORPUS_SOURCE_PREFIX
+
+    return [{**_rows(1, "retrieval")[0], "id": f"corpus-question-{d * per_doc + c}", "query": f"q {d}.{c}",
+             "positive": f"chunk {c % 2} of document {d}", "negatives": [],
+             "source": f"{CORPUS_SOURCE_PREFIX}doc{d}#{c % 2}"} for d in range(docs) for c in range(per_doc)]
+
+
+def test_corpus_rows_are_held_out_by_document_and_every_chunk_joins_the_heldout_corpus(tmp_path):
+    rows = _corpus_rows(40, 3)
+    train, held = split_rows(rows, 0.25, ["retrieval"], 4)
+    docs = lambda rs: {r["source"].split("#")[0] for r in rs}  # noqa: E731
+    assert held and train and docs(held).isdisjoint(docs(train))  # no document on both sides
+    assert all(sum(r["source"].startswith(d + "#") for r in held) == 3 for d in docs(held))  # whole documents
+    # topped up whole documents at a time as well
+    _, few = split_rows(_corpus_rows(10, 3), 0.001, ["retrieval"], 4)
+    assert len(few) == 6 and len(docs(few)) == 2
+    corpus, queries, qrels = heldout_task(held, [r["positive"] for r in train])
+    assert len(queries) == len(held)
+    assert {d["text"] for d in corpus.values()} == {r["positive"] for r in rows}  # train chunks are distractors

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,25 @@ class TeacherConfig(Section):
     timeout_s: float = Field(120.0, gt=0)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    # generate.engine=ray_llm only (there `model` is the vLLM model source and `max_concurrency` the
+    # most vLLM replicas): vLLM engine arguments for this teacher, e.g. tensor_parallel_size (GPUs
+    # per replica), max_model_len, gpu_memory_utilization. The openai engine ignores them.
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _engine_kwargs_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = {"model": "the teacher's `model` is the model source", "task_type": "the engine generates"}
+        for key, why in taken.items():
+            if key in v:
+                raise ValueError(f"engine_kwargs may not set {key!r} ({why})")
+        for key in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len"):
+            if key in v and (isinstance(v[key], bool) or not isinstance(v[key], int) or v[key] < 1):
+                raise ValueError(f"engine_kwargs.{key} must be a positive integer (got {v[key]!r})")
+        util = v.get("gpu_memory_utilization")
+        if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
+            raise ValueError(f"engine_kwargs.gpu_memory_utilization must be in (0, 1] (got {util!r})")
+        return v
 
     def api_key(self) -> str:
         if self.api_key_env is None:
@@ -85,17 +104,57 @@ class LocalTeacherConfig(Section):
         return v
 
 
+# Layouts of labeled data (generate/labeled.py and docs/generate.md say what each reads). Files in a
+# set's own layout: a folder (beir, msmarco_passage, msmarco_document, t2ranking) or a TSV.
+FILE_KINDS = ("beir", "sts_pairs", "pair_classification", "classification", "msmarco_passage",
+              "msmarco_document", "t2ranking")
+# Records of a set as the Hugging Face hub serves it: read from the hub (`hub`) or from local exports of
+# the same records (`path`: .jsonl/.json/.parquet, gzipped JSON, or a folder of them).
+RECORD_KINDS = ("ms_marco", "tevatron", "hotpot_qa", "nli", "quora_duplicates", "eli5", "dureader")
+LabeledKind = Literal["beir", "sts_pairs", "pair_classification", "classification", "msmarco_passage",
+                      "msmarco_document", "t2ranking", "ms_marco", "tevatron", "hotpot_qa", "nli",
+                      "quora_duplicates", "eli5", "dureader"]
+assert LabeledKind.__args__ == FILE_KINDS + RECORD_KINDS
+
+
 class LabeledDatasetConfig(Section):
     """A labeled data set turned into training rows (the paper mixes these with synthetic data)."""
 
-    kind: Literal["beir", "sts_pairs", "pair_classification", "classification"]
+    kind: LabeledKind
     name: str
-    path: str  # BEIR folder, or a TSV file
-    task: str  # the task instruction queries of this set are formatted with
-    split: str = "train"  # BEIR qrels split
+    # The task instruction queries of this set are formatted with; a list: rows take them in turn (the
+    # paper gives NLI and Quora two each).
+    task: str | list[str]
+    # Where the data is: `path` (a local folder or file in the kind's layout) or, for the record kinds,
+    # `hub` (a Hugging Face dataset id, read with datasets.load_dataset(hub, hub_config, split=split)).
+    path: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    split: str = "train"  # BEIR qrels split; the hub split
     sample_ratio: float = Field(1.0, gt=0, le=1)
     score_threshold: float = 4.0  # sts_pairs: keep pairs scoring at least this
     max_rows: int | None = Field(None, ge=1)
+    negatives: int = Field(1, ge=0)  # hard negatives kept per row, of those the source gives (the paper: one)
+    language: str = "English"  # the rows' language column
+
+    @field_validator("task")
+    @classmethod
+    def _task_given(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or not all(t.strip() for t in v)):
+            raise ValueError("give one instruction, or a non-empty list of non-empty instructions")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError(f"labeled set {self.name!r}: give exactly one of `path` (local files) and `hub` "
+                             "(a Hugging Face dataset id)")
+        if self.hub is not None and self.kind not in RECORD_KINDS:
+            raise ValueError(f"labeled set {self.name!r}: kind {self.kind!r} reads local files (`path`); `hub` "
+                             f"serves the kinds {', '.join(RECORD_KINDS)}")
+        if self.hub_config is not None and self.hub is None:
+            raise ValueError(f"labeled set {self.name!r}: `hub_config` needs `hub`")
+        return self
 
 
 class ContaminationConfig(Section):
@@ -104,6 +163,113 @@ class ContaminationConfig(Section):
     # Files of evaluation text: .tsv (every text column), .jsonl (text/title fields), .txt (one a line).
     eval_files: list[str] = Field(default_factory=list)
     ngram: int = Field(13, ge=3)  # a shared run of this many normalised words counts as overlap
+    # Also the evaluated splits of every task `evaluate.tasks` and `evaluate.local_tasks` name, as mteb
+    # loads them (downloads hub tasks on first use; the index is built once per run and cached).
+    against_evaluation: bool = False
+
+
+# Query styles of corpus-grounded generation (templates/corpus_styles.yaml holds one prompt each).
+CORPUS_STYLES = ("question", "claim", "keyword", "title", "paraphrase")
+CORPUS_FORMATS = ("auto", "beir", "parquet", "text")
+
+
+def _check_styles(v: dict, key: str) -> None:
+    unknown = [s for s in v if s not in CORPUS_STYLES]
+    if unknown:
+        raise ValueError(f"unknown style {unknown[0]!r} in generate.corpus.{key}; styles: {', '.join(CORPUS_STYLES)}")
+
+
+class CorpusConfig(Section):
+    """Corpus-grounded generation: teachers write queries for sampled chunks of the user's documents
+    (``generate/corpus.py``). Rows: query -> positive = the chunk, group ``retrieval``."""
+
+    # A BEIR corpus.jsonl (or a BEIR folder holding one), a Parquet file (or a folder of them), or a
+    # folder of .txt/.md files (searched recursively; id = the path relative to the folder).
+    path: str
+    # auto: .jsonl or a folder with corpus.jsonl -> beir; .parquet or a folder of them -> parquet;
+    # any other folder -> text.
+    format: Literal["auto", "beir", "parquet", "text"] = "auto"
+    # Parquet only: the id and text columns, and an optional title column (put before the text, as a
+    # BEIR title is).
+    id_column: str = "id"
+    text_column: str = "text"
+    title_column: str | None = None
+    # Queries to keep (rows of group `retrieval`), on top of generate.num_rows.
+    num_queries: int = Field(100, ge=0)
+    # Relative weight of each query style; requests take the styles in this proportion, interleaved.
+    styles: dict[str, float] = Field(default_factory=lambda: {s: 1.0 for s in CORPUS_STYLES})
+    # Retrieval instruction per style, replacing the style's generic one (e.g. a domain's wording).
+    instructions: dict[str, str] = Field(default_factory=dict)
+    language: str = "English"  # the corpus's language: queries are asked for in it; the rows' language
+    # Chunks of at most chunk_tokens tokens, consecutive chunks sharing overlap_tokens. tokenizer:
+    # backbone = counted with model.backbone's tokenizer; words = whitespace-separated words.
+    chunk_tokens: int = Field(256, ge=8)
+    overlap_tokens: int = Field(32, ge=0)
+    tokenizer: Literal["backbone", "words"] = "backbone"
+    max_chars: int = Field(3000, ge=100)  # the chunk shown in the prompt is cut at this many characters
+    max_tokens: int = Field(128, ge=16)  # the teacher's completion limit for one query
+    # A query sharing a run of this many normalised words with its chunk is a copy (rejected `copied_chunk`).
+    copy_ngram: int = Field(10, ge=3)
+
+    @field_validator("path")
+    @classmethod
+    def _path_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give the corpus: a BEIR corpus.jsonl, a Parquet file or a folder of .txt/.md files")
+        return v
+
+    @field_validator("styles")
+    @classmethod
+    def _styles_valid(cls, v: dict) -> dict:
+        _check_styles(v, "styles")
+        if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError(f"give a non-negative weight per style with a positive total; styles: {', '.join(CORPUS_STYLES)}")
+        return v
+
+    @field_validator("instructions")
+    @classmethod
+    def _instructions_valid(cls, v: dict) -> dict:
+        _check_styles(v, "instructions")
+        empty = [s for s, text in v.items() if not text.strip()]
+        if empty:
+            raise ValueError(f"generate.corpus.instructions.{empty[0]} is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self):
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"generate.corpus.overlap_tokens ({self.overlap_tokens}) must be smaller than "
+                             f"generate.corpus.chunk_tokens ({self.chunk_tokens})")
+        return self
+
+
+class ConsistencyConfig(Section):
+    """Consistency filtering of corpus-grounded rows (``generate/consistency.py``): a (query, chunk) pair
+    is kept only when its chunk ranks in the top ``top_k`` of every chunk of the corpus for the query."""
+
+    enabled: bool = True
+    # A model spec (an alias such as all-minilm-l6-v2, a folder, a hub id), or "backbone" (model.backbone
+    # without model.adapter) or "student" (model.backbone with model.adapter: the model being trained,
+    # the same as the backbone before any training).
+    model: str = "all-minilm-l6-v2"
+    top_k: int = Field(3, ge=1)
+    # Queries encoded with their style's instruction; None: yes for backbone/student when
+    # model.instructions is on, no for a named model (sentence-transformers models take none).
+    instructions: bool | None = None
+    # The encoding pool's actors (embedforge.encode_pool); their CPUs must leave room for the teacher
+    # actors, so a fixed share rather than the whole cluster.
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    check_rows: int = Field(32, ge=1)  # valid rows buffered before they are checked (and at each commit)
+
+    @field_validator("model")
+    @classmethod
+    def _model_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give a model (e.g. all-minilm-l6-v2), or backbone, or student")
+        return v
 
 
 class GenerateConfig(Section):
@@ -129,6 +295,9 @@ class GenerateConfig(Section):
     min_words_long: int = Field(5, ge=1)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     labeled: list[LabeledDatasetConfig] = Field(default_factory=list)
+    # Corpus-grounded queries (None: none) and their consistency filter.
+    corpus: CorpusConfig | None = None
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     # Stop when a teacher rejects more than this share after `reject_min_attempts` attempts.
     max_reject_rate: float = Field(0.95, gt=0, le=1)
     reject_min_attempts: int = Field(20, ge=1)
@@ -140,6 +309,11 @@ class GenerateConfig(Section):
     shard_rows: int = Field(1000, ge=1)
     flush_seconds: float = Field(60.0, gt=0)
     progress: bool = True
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether the stage calls teachers: taxonomy rows (num_rows) or corpus-grounded queries."""
+        return self.num_rows > 0 or (self.corpus is not None and self.corpus.num_queries > 0)
 
     @field_validator("groups")
     @classmethod
@@ -156,6 +330,16 @@ class GenerateConfig(Section):
             raise ValueError(f"teacher names must be unique (generate.teachers[].name): {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _engine_teachers(self):
+        if self.engine == "ray_llm" and self.local_teacher.enabled:
+            raise ValueError(
+                "generate.local_teacher (a llama.cpp server) needs generate.engine=openai; with engine=ray_llm "
+                "give generate.teachers[] whose model is a vLLM model source (a Hugging Face id or folder)"
+            )
+        return self
+
 
 __all__ = ["GenerateConfig", "TeacherConfig", "LocalTeacherConfig", "LabeledDatasetConfig",
+           "CorpusConfig", "ConsistencyConfig", "CORPUS_STYLES", "CORPUS_FORMATS",
            "ContaminationConfig", "PAPER_GROUP_MIX", "LABELED_GROUPS"]

@@ -3,6 +3,8 @@
 requests (one row per teacher call) → TeacherCaller (actor pool; each actor keeps many requests in
 flight with the async openai client, then parses and validates each answer) → ContaminationFilter
 (actor holding the eval-set index) → the driver, which dedupes over the whole run and commits shards.
+With ``generate.engine: ray_llm`` one vLLM processor per teacher (``generate/ray_llm.py``) takes the
+TeacherCaller's place, followed by ``parse_outcomes``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import os
 import numpy as np
 
 from embedforge.config.generate import TeacherConfig
+from embedforge.generate.contamination import ContaminationIndex
 from embedforge.generate.taxonomy import load_template
 from embedforge.generate.teachers import call_teacher, make_client
 from embedforge.generate.validation import (
-    ContaminationIndex,
     Rejected,
+    is_corpus_request,
     parse_brainstorm,
-    read_eval_texts,
+    parse_corpus_answer,
     to_row,
     validate_example,
 )
@@ -117,11 +120,13 @@ def parse_outcome(row: dict, min_words_short: int, min_words_long: int) -> dict:
     try:
         if row["error"]:
             raise Rejected("request_error", row["error"])
-        template = load_template(row["group"])
         try:
             if row["kind"] == "brainstorm":
                 payload = parse_brainstorm(row["text"])
+            elif is_corpus_request(row):  # a query for a chunk of the user's corpus (generate.corpus)
+                payload = parse_corpus_answer(row, row["text"], row["teacher"], (out["prompt_tokens"], out["completion_tokens"]))
             else:
+                template = load_template(row["group"])
                 fields = validate_example(row["text"], template, min_words_short, min_words_long,
                                           json.loads(row.get("values") or "{}"))
                 payload = to_row(fields, template, row, row["teacher"], (out["prompt_tokens"], out["completion_tokens"])).to_dict()
@@ -140,11 +145,13 @@ def parse_outcomes(batch: dict, min_words_short: int, min_words_long: int) -> di
 
 
 class ContaminationFilter:
-    """Holds the evaluation sets' index once per actor; rejects kept rows that overlap it."""
+    """Rejects kept rows that overlap the evaluation sets' index (built once by the driver; each
+    actor maps the node's shared read-only copy from Ray's object store)."""
 
-    def __init__(self, eval_files: list[str], ngram: int):
-        texts = [t for path in eval_files for t in read_eval_texts(path)]
-        self.index = ContaminationIndex(texts, ngram=ngram)
+    def __init__(self, index_refs: list):
+        import ray
+
+        self.index = ContaminationIndex.from_state(ray.get(index_refs[0]))
 
     def __call__(self, batch: dict) -> dict:
         rows = _rows(batch)
@@ -156,8 +163,10 @@ class ContaminationFilter:
         return _columns(rows)
 
 
-def build_dataset(requests: list[dict], teachers: list[TeacherConfig], run_key: str, actors: int, gen_cfg):
-    """The lazy Ray Dataset of outcomes for ``requests`` (nothing runs until it is iterated)."""
+def build_dataset(requests: list[dict], teachers: list[TeacherConfig], run_key: str, actors: int, gen_cfg,
+                  contamination=None):
+    """The lazy Ray Dataset of outcomes for ``requests`` (nothing runs until it is iterated);
+    ``contamination``: the object ref of the run's ``ContaminationIndex`` state, or None."""
     import ray.data
 
     per_actor = {t.name: max(1, math.ceil(t.max_concurrency / actors)) for t in teachers}
@@ -169,11 +178,17 @@ def build_dataset(requests: list[dict], teachers: list[TeacherConfig], run_key: 
     if gen_cfg.engine == "ray_llm":
         from embedforge.generate.ray_llm import apply_ray_llm
 
-        ds = apply_ray_llm(ds, teachers[0]).map_batches(
+        # Each teacher's rows go to that teacher's own vLLM processor; a teacher with no row in these
+        # requests gets none (no replicas started for nothing).
+        named = {r["teacher"] for r in requests}
+        unknown = named - {t.name for t in teachers}
+        if unknown:
+            raise ValueError(f"requests name teachers not in generate.teachers: {', '.join(sorted(unknown))}")
+        ds = apply_ray_llm(ds, [t for t in teachers if t.name in named]).map_batches(
             parse_outcomes, fn_kwargs={"min_words_short": gen_cfg.min_words_short, "min_words_long": gen_cfg.min_words_long},
             batch_size=batch_size, batch_format="numpy",
         )
-        return _contamination(ds, batch_size, gen_cfg)
+        return _contamination(ds, batch_size, contamination)
     # Keys reach the actors by the env var each teacher names, never through config or logs.
     key_env = {t.api_key_env: os.environ[t.api_key_env] for t in teachers if t.api_key_env and t.api_key_env in os.environ}
     ds = ds.map_batches(
@@ -184,14 +199,14 @@ def build_dataset(requests: list[dict], teachers: list[TeacherConfig], run_key: 
         },
         batch_size=batch_size, concurrency=actors, num_cpus=0.1, batch_format="numpy",
     )
-    return _contamination(ds, batch_size, gen_cfg)
+    return _contamination(ds, batch_size, contamination)
 
 
-def _contamination(ds, batch_size: int, gen_cfg):
-    if gen_cfg.contamination.eval_files:
+def _contamination(ds, batch_size: int, index_ref):
+    if index_ref is not None:
         ds = ds.map_batches(
             ContaminationFilter,
-            fn_constructor_kwargs={"eval_files": gen_cfg.contamination.eval_files, "ngram": gen_cfg.contamination.ngram},
+            fn_constructor_kwargs={"index_refs": [index_ref]},  # nested: Ray Data hands it over unresolved
             batch_size=batch_size, concurrency=1, num_cpus=0.1, batch_format="numpy",
         )
     return ds

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from embedforge.config.base import ConfigError
 from embedforge.config.generate import GenerateConfig, TeacherConfig
+from embedforge.generate.corpus import CorpusFunnel, corpus_funnel
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
 from embedforge.generate.taxonomy import (
     BRAINSTORM_SCHEMA,
@@ -39,6 +40,7 @@ from embedforge.generate.teachers import (
     quotas_actor,
 )
 from embedforge.generate.validation import Deduper, dedupe_keys
+from embedforge.schema import CORPUS_GROUP, SYNTHETIC_GROUPS, chunk_id_of
 
 
 class SessionThroughput(BaseModel):
@@ -73,6 +75,10 @@ class GenerationSummary(BaseModel):
     fallback_tasks: list[str] = Field(default_factory=list)
     teacher_checks: dict[str, dict] = Field(default_factory=dict)  # teacher -> its test completion
     labeled: dict[str, int] = Field(default_factory=dict)
+    # What the contamination filter checked against: texts and n-grams per eval file / task.
+    contamination: dict | None = None
+    # Corpus-grounded generation's funnel (chunks -> queries -> kept after validation -> after consistency).
+    corpus: CorpusFunnel | None = None
 
 
 class GenerateResult(BaseModel):
@@ -81,7 +87,7 @@ class GenerateResult(BaseModel):
     run_dir: str
     data_dir: str
     labeled: dict[str, int] = Field(default_factory=dict)  # labeled set name -> rows written
-    synthetic: GenerationSummary | None = None  # None when generate.num_rows is 0
+    synthetic: GenerationSummary | None = None  # None when no teacher is asked (num_rows 0, no corpus)
     summary_path: str | None = None
 
 
@@ -89,9 +95,14 @@ class Committer:
     """Driver-side end of the pipeline: whole-run dedupe, per-group caps, shard commits, health."""
 
     def __init__(self, store: RunStore, cfg: GenerateConfig, targets: dict[str, int], records: list[dict],
-                 kept_rows: list[dict], server: LocalTeacherServer | None = None, quotas=None):
+                 kept_rows: list[dict], server: LocalTeacherServer | None = None, quotas=None, consistency=None):
         self.store, self.cfg, self.targets, self.server = store, cfg, targets, server
         self.quotas = quotas  # the run's GroupQuotas actor: told when a group fills
+        # Corpus-grounded rows wait in `pending` for the consistency filter (a ConsistencyFilter), which
+        # checks them in batches and always before a commit: a row's verdict is committed with it.
+        self.consistency = consistency
+        self.pending: list[tuple[dict, dict]] = []
+        self.on_kept = None  # called with 1 for every row kept (the progress bar)
         self.skipped = 0
         self.records = records  # every committed attempt of the run (grows as shards commit)
         self.session: list[dict] = []
@@ -109,21 +120,51 @@ class Committer:
         return {g: n - self.kept[g] for g, n in self.targets.items() if n - self.kept[g] > 0}
 
     def add(self, out: dict) -> bool:
-        """Take one outcome; True when it became a kept row."""
+        """Take one outcome; True when it became a kept row (a corpus row waiting for its consistency
+        check is counted when checked)."""
         if out["status"] == "skipped":  # never sent: not an attempt, nothing to record
             self.skipped += 1
             return False
+        row = None
         if out["status"] == "kept":
             row = json.loads(out["payload"])
+            if self.consistency is not None and chunk_id_of(row) is not None:
+                if not self.deduper.add(row):
+                    return self._record({**out, "status": "rejected", "reason": "duplicate", "detail": ""}, row)
+                self.pending.append((out, row))
+                if len(self.pending) >= self.cfg.consistency.check_rows:
+                    self.check_pending()
+                return False
             if self.kept[row["group"]] >= self.targets.get(row["group"], 0):
                 out = {**out, "status": "rejected", "reason": "surplus", "detail": ""}
             elif not self.deduper.add(row):
                 out = {**out, "status": "rejected", "reason": "duplicate", "detail": ""}
-            else:
-                self.kept[row["group"]] += 1
-                self.buf_kept.append(row)
-                if self.quotas is not None and self.kept[row["group"]] >= self.targets.get(row["group"], 0):
-                    self.quotas.mark_full.remote(row["group"])
+        return self._record(out, row)
+
+    def check_pending(self) -> None:
+        """The consistency filter's verdict on the waiting corpus rows; then each is kept, or
+        rejected (``consistency``, or ``surplus`` when its group filled meanwhile)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        ranks = self.consistency.ranks([row for _, row in pending])
+        for (out, row), rank in zip(pending, ranks, strict=True):
+            if rank > self.consistency.top_k:
+                out = {**out, "status": "rejected", "reason": "consistency",
+                       "detail": f"its chunk ranks {int(rank)} of {len(self.consistency.chunks.chunks)} (top_k={self.consistency.top_k})"}
+            elif self.kept[row["group"]] >= self.targets.get(row["group"], 0):
+                out = {**out, "status": "rejected", "reason": "surplus", "detail": ""}
+            self._record(out, row)
+
+    def _record(self, out: dict, row: dict | None) -> bool:
+        """Buffer one attempt's outcome (a kept ``row`` counts towards its group); commit when due."""
+        if out["status"] == "kept":
+            self.kept[row["group"]] += 1
+            self.buf_kept.append(row)
+            if self.on_kept is not None:
+                self.on_kept(1)
+            if self.quotas is not None and self.kept[row["group"]] >= self.targets.get(row["group"], 0):
+                self.quotas.mark_full.remote(row["group"])
         if out["status"] != "kept":
             self.buf_rejects.append({k: out[k] for k in ("id", "group", "kind", "teacher", "reason", "detail", "raw")})
         self.buf_records.append({k: out[k] for k in ("id", "group", "kind", "teacher", "language", "status", "reason", "prompt_tokens", "completion_tokens")})
@@ -132,6 +173,7 @@ class Committer:
         return out["status"] == "kept"
 
     def flush(self):
+        self.check_pending()
         if not self.buf_records:
             return
         self.store.commit(self.store.next_shard_name(), self.buf_kept, self.buf_rejects, self.buf_records)
@@ -190,19 +232,23 @@ def ready_teachers(gen: GenerateConfig, log_dir: Path):
             for teacher in teachers:
                 local = server if server is not None and teacher.name == server.cfg.name else None
                 checks[teacher.name] = preflight(teacher, server=local)
+        else:  # ray_llm: the teachers run in vLLM on the cluster's GPUs once the pipeline executes
+            from embedforge.generate.ray_llm import require_vllm
+
+            require_vllm()
         yield ReadyTeachers(teachers, server, checks)
     finally:
         if server:
             server.stop()
 
 
-def _stream(requests, ready: ReadyTeachers, run_key, cfg):
+def _stream(requests, ready: ReadyTeachers, run_key, cfg, contamination=None):
     """The pipeline's outcomes; a local server that died is reported at once, before its errors count."""
     from embedforge.generate.pipeline import build_dataset
 
     if not requests:
         return
-    for out in build_dataset(requests, ready.teachers, run_key, cfg.actors, cfg).iter_rows():
+    for out in build_dataset(requests, ready.teachers, run_key, cfg.actors, cfg, contamination).iter_rows():
         if ready.server is not None:
             ready.server.raise_if_dead("mid-run")
         yield out
@@ -217,8 +263,10 @@ def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, ready: ReadyTeach
     pending: dict[str, dict] = {}
     new_records: list[dict] = []
     for group, n in targets.items():
+        if n <= 0 or group not in SYNTHETIC_GROUPS:  # corpus-grounded rows need no task definitions
+            continue
         template = load_template(group)
-        if n <= 0 or not template.has_brainstorm:
+        if not template.has_brainstorm:
             continue
         saved = store.load_tasks(group)
         if saved is not None:
@@ -256,10 +304,10 @@ def _brainstorm(store: RunStore, cfg: GenerateConfig, targets, ready: ReadyTeach
     return tasks, new_records
 
 
-def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, run_seed) -> list[dict]:
+def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, run_seed, corpus=None) -> list[dict]:
+    """The round's requests; ``corpus``: the CorpusPlanner of corpus-grounded rows (group retrieval)."""
     requests = []
     for group, missing in committer.missing().items():
-        template = load_template(group)
         done = [r for r in committer.records if r["kind"] == "example" and r["group"] == group]
         kept = sum(r["status"] == "kept" for r in done)
         # Plan for the yield seen so far (at least 10%) so a weak teacher needs few rounds.
@@ -267,6 +315,10 @@ def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, 
         count = math.ceil(missing * cfg.oversample / rate)
         used = [int(r["id"].rsplit("-", 1)[1]) for r in done]
         start = max(used) + 1 if used else 0
+        if group == CORPUS_GROUP:
+            requests += corpus.requests(start, count, weights)
+            continue
+        template = load_template(group)
         for index in range(start, start + count):
             rid = f"{group}-{index:07d}"
             req = example_request(template, rid, index, tasks.get(group, []), run_seed, languages, cfg.rows_per_task)
@@ -276,17 +328,43 @@ def _plan(committer: Committer, cfg: GenerateConfig, tasks, weights, languages, 
     return requests
 
 
-def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -> GenerationSummary:
+def _corpus_chunks(cfg):
+    """The corpus's chunks (None without generate.corpus), read and checked with the filter model
+    before any teacher or Ray work."""
+    if cfg.generate.corpus is None:
+        return None
+    from embedforge.generate.consistency import check_filter_model
+    from embedforge.generate.corpus import load_chunks
+
+    chunks = load_chunks(cfg)
+    if cfg.generate.consistency.enabled:
+        check_filter_model(cfg)
+    return chunks
+
+
+def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None, chunks=None) -> GenerationSummary:
     """Synthetic rows until every group is full; ``ready``: teachers already checked (the pipeline
-    checks them before it starts Ray), else this call starts and checks them itself."""
+    checks them before it starts Ray), else this call starts and checks them itself. ``chunks``: the
+    corpus's chunks when already read (``corpus.load_chunks``)."""
+    if chunks is None:
+        chunks = _corpus_chunks(cfg)
     if ready is None:
         with ready_teachers(cfg.generate, RunStore(run_dir).gen_dir) as ready:
-            return generate_synthetic(cfg, run_dir, ready)
+            return generate_synthetic(cfg, run_dir, ready, chunks)
     gen: GenerateConfig = cfg.generate
     store = RunStore(run_dir)
     run_seed = cfg.run.seed
     languages = language_weights(gen.language_weights)
     targets = split_counts(gen.num_rows, dict(gen.groups))
+    planner = cfilter = None
+    if chunks is not None:
+        from embedforge.generate.consistency import ConsistencyFilter
+        from embedforge.generate.corpus import CorpusPlanner
+
+        targets[CORPUS_GROUP] = gen.corpus.num_queries
+        planner = CorpusPlanner(gen.corpus, chunks, run_seed)
+        if gen.consistency.enabled:  # its pool starts on the first check (none when nothing is missing)
+            cfilter = ConsistencyFilter(cfg, chunks, store.gen_dir / "corpus")
     started = time.monotonic()
     teachers = ready.teachers
     import ray.data
@@ -303,35 +381,66 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None) -
     weights = {t.name: t.weight for t in teachers}
     state = store.load()
     quotas = quotas_actor(run_key)
-    committer = Committer(store, gen, targets, state.records, state.kept_rows, server=ready.server, quotas=quotas)
+    committer = Committer(store, gen, targets, state.records, state.kept_rows, server=ready.server, quotas=quotas,
+                          consistency=cfilter)
     # Groups full from an earlier session are skipped from the start.
     ray.get(quotas.reset.remote([g for g, target in targets.items() if committer.kept[g] >= target]))
+    contamination, contamination_summary = _contamination_index(cfg, store.gen_dir)
     tasks, brainstorm_records = _brainstorm(store, gen, targets, ready, weights, run_key, run_seed)
     committer.records += brainstorm_records
     committer.session += brainstorm_records
-    bar = _progress(gen.num_rows, sum(committer.kept.values()), gen.progress)
+    bar = _progress(sum(targets.values()), sum(committer.kept.values()), gen.progress)
+    committer.on_kept = bar.update if bar is not None else None
     try:
         for _ in range(gen.max_rounds):
             if not committer.missing():
                 break
-            requests = _plan(committer, gen, tasks, weights, languages, run_seed)
-            for out in _stream(requests, ready, run_key, gen):
-                if committer.add(out) and bar is not None:
-                    bar.update(1)
+            requests = _plan(committer, gen, tasks, weights, languages, run_seed, planner)
+            for out in _stream(requests, ready, run_key, gen, contamination):
+                committer.add(out)
                 if not committer.missing():
                     break
             committer.flush()
     finally:
-        committer.flush()
-        if bar is not None:
-            bar.close()
+        try:
+            committer.flush()
+        finally:
+            if cfilter is not None:
+                cfilter.close()
+            if bar is not None:
+                bar.close()
     prices = {t.name: (t.price_prompt_per_1k, t.price_completion_per_1k) for t in teachers}
     counts = summarize(committer.records, prices, time.monotonic() - started, committer.session)
     return GenerationSummary(
         **counts, targets=targets, complete=not committer.missing(), missing=committer.missing(),
-        skipped_full_group=committer.skipped,
+        skipped_full_group=committer.skipped, contamination=contamination_summary,
+        corpus=None if chunks is None else corpus_funnel(
+            committer.records, chunks, targets[CORPUS_GROUP], cfilter.describe() if cfilter else None),
         fallback_tasks=sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback")),
         teacher_checks=ready.checks)
+
+
+def _contamination_index(cfg, cache_dir: Path):
+    """The run's contamination index, put in Ray's object store once (None when nothing is
+    configured), and what went into it (texts and n-grams per source) for the summary."""
+    from embedforge.generate.contamination import build_run_index
+
+    c = cfg.generate.contamination
+    tasks, keys = [], []
+    if c.against_evaluation and (cfg.evaluate.tasks or cfg.evaluate.local_tasks):
+        from embedforge.evaluate.runner import build_tasks
+        from embedforge.storage import file_stamps
+
+        tasks = build_tasks(cfg.evaluate)
+        named = tasks[: len(cfg.evaluate.tasks)]
+        keys = [f"{t.metadata.name}@{t.metadata.dataset.get('revision')}" for t in named]
+        keys += [f"{lt.name}:{lt.path}:{json.dumps(file_stamps(str(lt.path)))}" for lt in cfg.evaluate.local_tasks]
+    if not c.eval_files and not tasks:
+        return None, None
+    import ray
+
+    index, summary = build_run_index(c.eval_files, tasks, c.ngram, cache_dir, keys)
+    return ray.put(index.to_state()), summary
 
 
 def generate_data(cfg, ready: ReadyTeachers | None = None) -> GenerateResult:
@@ -342,7 +451,7 @@ def generate_data(cfg, ready: ReadyTeachers | None = None) -> GenerateResult:
     result = GenerateResult(run_dir=str(run_dir), data_dir=str(run_dir / "data"))
     if cfg.generate.labeled:
         result.labeled = write_labeled(cfg.generate.labeled, run_dir / "data", seed=cfg.run.seed)
-    if cfg.generate.num_rows > 0:
+    if cfg.generate.uses_teachers:
         summary = generate_synthetic(cfg, run_dir, ready)
         summary.labeled = result.labeled
         result.synthetic = summary

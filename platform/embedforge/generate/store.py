@@ -113,7 +113,8 @@ class RunStore:
 
 
 # Reasons that say nothing about the teacher's health (the output was fine, or the row was redundant).
-NOT_TEACHER_FAULTS = ("duplicate", "contaminated", "surplus")
+# A consistency reject is a valid answer that the filter model ranks low: a weak teacher's, not a broken one's.
+NOT_TEACHER_FAULTS = ("duplicate", "contaminated", "surplus", "consistency")
 
 
 def teacher_reject_rates(records: list[dict]) -> dict[str, tuple[int, int]]:

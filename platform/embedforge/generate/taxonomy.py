@@ -17,7 +17,7 @@ from importlib import resources
 
 import yaml
 
-from embedforge.schema import SYNTHETIC_GROUPS
+from embedforge.schema import CORPUS_GROUP, SYNTHETIC_GROUPS
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -207,3 +207,85 @@ def example_request(
 def choose_teacher(run_seed: int, row_id: str, weights: dict[str, float]) -> str:
     """The teacher of a row, drawn by weight from the row's own seed (stable across reruns)."""
     return weighted_choice(random.Random(row_seed(run_seed, "teacher:" + row_id)), weights)
+
+
+# ----------------------------------------------------------------- corpus-grounded query styles
+
+
+@dataclass(frozen=True)
+class CorpusStyle:
+    """One query style of corpus-grounded generation (``templates/corpus_styles.yaml``): the prompt the
+    teacher gets with a chunk in it, the JSON key of its answer, the row's retrieval instruction."""
+
+    name: str
+    key: str
+    prompt: str
+    instruction: str
+    min_words: int
+    max_words: int
+
+    def json_schema(self) -> dict:
+        return {"type": "object", "properties": {self.key: {"type": "string"}}, "required": [self.key],
+                "additionalProperties": False}
+
+
+@cache
+def load_corpus_styles() -> dict[str, CorpusStyle]:
+    from embedforge.config.generate import CORPUS_STYLES
+
+    raw = _read("corpus_styles")
+    assert tuple(raw) == CORPUS_STYLES, f"templates/corpus_styles.yaml styles {tuple(raw)} != {CORPUS_STYLES}"
+    return {name: CorpusStyle(name=name, key=s["key"], prompt=s["prompt"], instruction=s["instruction"],
+                              min_words=int(s["words"][0]), max_words=int(s["words"][1]))
+            for name, s in raw.items()}
+
+
+def style_sequence(weights: dict[str, float], stop: int) -> list[str]:
+    """The style of each request 0..stop-1: the styles interleaved in proportion to ``weights``
+    (smooth weighted round robin in the order of ``CORPUS_STYLES``), so any run of requests holds the
+    mix as closely as whole requests can; the same weights always give the same sequence."""
+    from embedforge.config.generate import CORPUS_STYLES
+
+    names = [s for s in CORPUS_STYLES if weights.get(s, 0) > 0]
+    if not names:
+        raise ValueError("generate.corpus.styles leaves no style with a positive weight")
+    total = sum(weights[s] for s in names)
+    current = dict.fromkeys(names, 0.0)
+    out = []
+    for _ in range(stop):
+        for s in names:
+            current[s] += weights[s]
+        pick = max(names, key=lambda s: current[s])  # the first of equals, in CORPUS_STYLES order
+        current[pick] -= total
+        out.append(pick)
+    return out
+
+
+def passage_for_prompt(text: str, max_chars: int) -> str:
+    """The chunk as the prompt shows it: whole, or cut at the last space before ``max_chars``."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > max_chars // 2 else cut).rstrip() + " ..."
+
+
+def corpus_request(style: CorpusStyle, row_id: str, chunk_id: str, chunk_text: str, run_seed: int, *,
+                   language: str, instruction: str, max_chars: int, copy_ngram: int) -> dict:
+    """One teacher request: write a ``style`` query for the chunk. ``values`` carries what parsing
+    needs (style, chunk id and full text, the copy rule), so an answer is checked from its row alone."""
+    values = {"style": style.name, "chunk_id": chunk_id, "passage": chunk_text, "copy_ngram": copy_ngram,
+              "language": language}
+    prompt = render(style.prompt, {"passage": passage_for_prompt(chunk_text, max_chars), "language": language,
+                                   "min_words": style.min_words, "max_words": style.max_words})
+    return {
+        "id": row_id,
+        "group": CORPUS_GROUP,
+        "kind": "example",
+        "task": instruction,
+        "language": language,
+        "messages": json.dumps([{"role": "user", "content": prompt}]),
+        "schema": json.dumps(style.json_schema()),
+        "seed": row_seed(run_seed, row_id),
+        "values": json.dumps(values, sort_keys=True),
+    }

@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from pathlib import Path
 
-from embedforge.formats import read_texts
-from embedforge.generate.taxonomy import Template, word_range
-from embedforge.schema import TrainingRow
+from embedforge.generate.taxonomy import CorpusStyle, Template, load_corpus_styles, word_range
+from embedforge.schema import CORPUS_GROUP, TrainingRow, chunk_id_of, corpus_source
 
 REJECT_REASONS = (
     "request_error",  # the endpoint failed even after the client's retries
@@ -27,6 +25,10 @@ REJECT_REASONS = (
     "duplicate",      # seen before in this run (exact, normalised)
     "contaminated",   # overlaps a configured evaluation set
     "surplus",        # valid, but its group already had every requested row
+    # corpus-grounded queries (generate.corpus):
+    "too_long",       # more words than the style allows
+    "copied_chunk",   # the query is its chunk, or shares a run of generate.corpus.copy_ngram words with it
+    "consistency",    # its chunk did not rank in the filter model's top k for it (generate.consistency)
 )
 
 
@@ -166,10 +168,65 @@ def to_row(fields: dict[str, str], template: Template, request: dict, teacher: s
     )
 
 
+def copies(query: str, passage: str, ngram: int) -> bool:
+    """Whether ``query`` is ``passage`` or shares a run of ``ngram`` normalised words with it."""
+    q, p = normalize(query), normalize(passage)
+    if q == p:
+        return True
+    words = q.split()
+    if len(words) < ngram:
+        return False
+    padded = f" {p} "
+    return any(f" {' '.join(words[i:i + ngram])} " in padded for i in range(len(words) - ngram + 1))
+
+
+def validate_corpus_query(text: str, style: CorpusStyle, passage: str, copy_ngram: int) -> str:
+    """The query of a corpus-grounded answer (a JSON object with the style's one key), or Rejected."""
+    data = _load_json(text)
+    if not isinstance(data, dict):
+        raise Rejected("invalid_json", "expected a JSON object")
+    if list(data) != [style.key]:
+        raise Rejected("missing_key", f"expected only {style.key!r}, got {sorted(data)}")
+    value = data[style.key]
+    if not isinstance(value, str):
+        raise Rejected("not_string", f"{style.key}={value!r:.60}")
+    value = " ".join(value.split())
+    if not value:
+        raise Rejected("empty", style.key)
+    if not any(ch.isalpha() for ch in value):
+        raise Rejected("no_words", f"{style.key}={value!r:.60}")
+    n = word_count(value)
+    if n < style.min_words:
+        raise Rejected("too_short", f"{style.key} has {n} words, the {style.name} style needs {style.min_words}")
+    if n > style.max_words:
+        raise Rejected("too_long", f"{style.key} has {n} words, the {style.name} style allows {style.max_words}")
+    if copies(value, passage, copy_ngram):
+        raise Rejected("copied_chunk", f"shares {copy_ngram}+ words in a row with its chunk: {value[:80]!r}")
+    return value
+
+
+def parse_corpus_answer(request: dict, text: str, teacher: str, usage: tuple[int, int]) -> dict:
+    """A corpus-grounded request's answer -> its training row (query -> positive = the chunk, the style's
+    instruction, the chunk id in ``source``), or Rejected."""
+    values = json.loads(request["values"])
+    style = load_corpus_styles()[values["style"]]
+    query = validate_corpus_query(text, style, values["passage"], int(values["copy_ngram"]))
+    return TrainingRow(
+        id=request["id"], group=CORPUS_GROUP, task=request["task"], query=query, positive=values["passage"],
+        negatives=[], language=request["language"], teacher=teacher, source=corpus_source(values["chunk_id"]),
+        prompt_tokens=int(usage[0]), completion_tokens=int(usage[1]),
+    ).to_dict()
+
+
+def is_corpus_request(request: dict) -> bool:
+    return request.get("kind") == "example" and request.get("group") == CORPUS_GROUP
+
+
 def dedupe_keys(row: dict) -> list[str]:
-    """What must be new for a row to count: its query, and its positive unless that is a label."""
+    """What must be new for a row to count: its query, and its positive unless that is a label or a
+    corpus chunk (a chunk may be asked about again in another style once every chunk had its turn)."""
     keys = ["q:" + normalize(row["query"])]
-    if row["group"] != "long_short":
+    if row["group"] != "long_short" and chunk_id_of(row) is None:
         keys.append("d:" + normalize(row["positive"]))
     return keys
 
@@ -186,54 +243,3 @@ class Deduper:
             return False
         self.seen.update(keys)
         return True
-
-
-class ContaminationIndex:
-    """Evaluation texts as exact normalised strings plus hashed word n-grams."""
-
-    def __init__(self, texts, ngram: int = 13):
-        self.ngram = ngram
-        self.exact: set[str] = set()
-        self.grams: set[int] = set()
-        for text in texts:
-            norm = normalize(text)
-            if not norm:
-                continue
-            self.exact.add(norm)
-            self.grams.update(self._grams(norm))
-
-    def _grams(self, norm: str):
-        words = norm.split()
-        return {hash(" ".join(words[i : i + self.ngram])) for i in range(len(words) - self.ngram + 1)}
-
-    def __len__(self):
-        return len(self.exact)
-
-    def match(self, text: str) -> str | None:
-        """Why ``text`` is contaminated ("exact" or "ngram"), or None."""
-        norm = normalize(text)
-        if norm in self.exact:
-            return "exact"
-        if any(g in self.grams for g in self._grams(norm)):
-            return "ngram"
-        return None
-
-    def check_row(self, row: dict) -> str | None:
-        for name in ("query", "positive"):
-            why = self.match(row[name])
-            if why:
-                return f"{name} {why}"
-        for neg in row.get("negatives") or []:
-            why = self.match(neg)
-            if why:
-                return f"negative {why}"
-        return None
-
-
-def read_eval_texts(path: str | Path) -> list[str]:
-    """Every text of an evaluation file (``formats.read_texts``: .tsv text columns, .jsonl text/title, else lines)."""
-    path = Path(path)
-    if not path.is_file():
-        # Named by its config key: the file list comes from the config, not from a data folder.
-        raise FileNotFoundError(f"generate.contamination.eval_files: {str(path)!r} does not exist")
-    return read_texts(path)
