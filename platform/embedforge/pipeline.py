@@ -187,7 +187,7 @@ def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
         local.append({"kind": "beir", "path": results["split"].heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
     baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
     if cfg.pipeline.compare_with_backbone:
-        baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": True})
+        baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": cfg.model.instructions})
     instructions = {"HeldoutRetrieval": HELDOUT_INSTRUCTION, **cfg.evaluate.task_instructions}
     return evaluate_model(with_values(tuned_model(cfg, results), **{
         "evaluate.local_tasks": local, "evaluate.baselines": baselines, "evaluate.task_instructions": instructions}))

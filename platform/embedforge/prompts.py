@@ -38,19 +38,22 @@ def eos_token_id(tokenizer) -> int:
     return int(eos)
 
 
-def tokenize_with_eos(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+def tokenize_with_eos(tokenizer, texts: Sequence[str], max_length: int, append_eos: bool = True) -> list[list[int]]:
     """Token ids for each text, truncated to ``max_length - 1`` and then always ended by EOS.
 
     Llama/Mistral tokenizers add BOS but not EOS, and transformers 5 stopped honouring
     ``add_eos_token`` for several of them, so EOS is appended here rather than trusted to the
     tokenizer. A tokenizer that already ends a sequence in EOS is not given a second one.
+
+    ``append_eos=False`` (an encoder backbone, ``embedforge.models.backbone_kind``): the tokenizer's own
+    special tokens (BERT: ``[CLS] … [SEP]``) within the same ``max_length - 1`` tokens, nothing appended.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (one token of text plus EOS), got {max_length}")
     texts = list(texts)
     if not texts:
         return []
-    eos = eos_token_id(tokenizer)
+    eos = eos_token_id(tokenizer) if append_eos else None
     encoded = tokenizer(
         texts,
         add_special_tokens=True,
@@ -59,6 +62,8 @@ def tokenize_with_eos(tokenizer, texts: Sequence[str], max_length: int) -> list[
         padding=False,
         return_attention_mask=False,
     )["input_ids"]
+    if not append_eos:
+        return [list(ids) for ids in encoded]
     out = []
     for ids in encoded:
         ids = list(ids)

@@ -1,7 +1,8 @@
-"""Contrastive LoRA fine-tuning on Ray Train with DeepSpeed ZeRO-3: the ``train:`` config section.
+"""Contrastive fine-tuning (LoRA or full) on Ray Train with DeepSpeed ZeRO-3: the ``train:`` config section.
 
 Defaults are the paper's (§4.2, Appendix A): LoRA r=16 on all linear layers, lr 1e-4 with 100 warmup
-steps then linear decay, weight decay 0.1, τ = 0.02, one epoch, DeepSpeed ZeRO-3.
+steps then linear decay, weight decay 0.1, τ = 0.02, one epoch, DeepSpeed ZeRO-3. ``finetune: full``
+trains every weight instead (a small encoder student such as all-MiniLM-L6-v2: docs/train.md).
 """
 from __future__ import annotations
 
@@ -38,7 +39,11 @@ class DeepSpeedSettings(Section):
 
 class TrainConfig(Section):
     temperature: float = Field(0.02, gt=0)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    # lora: a PEFT LoRA adapter on the frozen backbone (``lora`` below; the paper's recipe). full: every
+    # weight of the backbone is trained through the same DeepSpeed engine (no adapter, no merge; the
+    # export writes the trained weights); the natural choice for a small encoder student like MiniLM.
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)  # read only with finetune: lora
     data: list[DataSource] = Field(default_factory=list)
     # Run-relative Parquet directory used when ``data`` is empty (the generate stage's output).
     default_data_dir: str = "data"

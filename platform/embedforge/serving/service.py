@@ -80,6 +80,8 @@ class EmbeddingService:
         self.max_length = int(encoder.max_length)
         self.vocab_size = int(getattr(encoder.model.config, "vocab_size", 0) or len(self.tokenizer))
         self.eos = eos_token_id(self.tokenizer)
+        # False for an encoder (BERT family): its tokenizer's own [CLS] … [SEP], nothing appended.
+        self.append_eos = bool(getattr(encoder, "append_eos", True))
         self.dim = int(encoder.dim)
         self.budget = int(serve_cfg.max_batch_tokens)
         self.created = int(time.time())
@@ -125,7 +127,7 @@ class EmbeddingService:
                                     f"{limit} tokens per input (max_length {self.max_length}, the end-of-sequence "
                                     "token included)", "input", "context_length_exceeded")
             return retokenize()
-        if not ids or ids[-1] != self.eos:
+        if self.append_eos and (not ids or ids[-1] != self.eos):
             ids = ids + [self.eos]
         return ids
 
@@ -157,7 +159,8 @@ class EmbeddingService:
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False,
                                  return_attention_mask=False)["input_ids"]
         return [
-            self._fit(list(ids), i, lambda t=t: tokenize_with_eos(self.tokenizer, [t], self.max_length)[0])
+            self._fit(list(ids), i, lambda t=t: tokenize_with_eos(self.tokenizer, [t], self.max_length,
+                                                                 append_eos=self.append_eos)[0])
             for i, (t, ids) in enumerate(zip(texts, encoded, strict=True))
         ]
 

@@ -44,12 +44,13 @@ def positive_key(text: str) -> str:
 
 
 def tokenize_rows(batch: dict, tokenizer, query_max_length: int, passage_max_length: int,
-                  instructions: bool = True) -> dict:
+                  instructions: bool = True, append_eos: bool = True) -> dict:
     """Columns ``query_ids``, ``positive_ids``, ``negative_ids`` (list of id lists) and ``positive_key``.
 
     Queries get the instruction template with the row's ``task`` (``instructions=False``, i.e.
     ``model.instructions: false``: none, so queries are encoded exactly like documents); documents get
-    none; everything ends in EOS (``embedforge.prompts``). Other columns pass through.
+    none; everything ends in EOS (``embedforge.prompts``), or, for an encoder student
+    (``append_eos=False``), in its tokenizer's own [SEP]. Other columns pass through.
     """
     if instructions:
         queries = [format_query(q, t or None) for q, t in zip(batch["query"], batch["task"], strict=True)]
@@ -58,14 +59,14 @@ def tokenize_rows(batch: dict, tokenizer, query_max_length: int, passage_max_len
     positives = [format_document(p) for p in batch["positive"]]
     negatives = [[format_document(n) for n in (list(negs) if negs is not None else [])] for negs in batch["negatives"]]
     flat = [n for negs in negatives for n in negs]
-    flat_ids = tokenize_with_eos(tokenizer, flat, passage_max_length)
+    flat_ids = tokenize_with_eos(tokenizer, flat, passage_max_length, append_eos=append_eos)
     negative_ids, start = [], 0
     for negs in negatives:
         negative_ids.append(flat_ids[start : start + len(negs)])
         start += len(negs)
     out = dict(batch)
-    out["query_ids"] = tokenize_with_eos(tokenizer, queries, query_max_length)
-    out["positive_ids"] = tokenize_with_eos(tokenizer, positives, passage_max_length)
+    out["query_ids"] = tokenize_with_eos(tokenizer, queries, query_max_length, append_eos=append_eos)
+    out["positive_ids"] = tokenize_with_eos(tokenizer, positives, passage_max_length, append_eos=append_eos)
     out["negative_ids"] = negative_ids
     out["positive_key"] = [positive_key(p) for p in batch["positive"]]
     return out

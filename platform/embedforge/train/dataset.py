@@ -30,12 +30,17 @@ class DataError(ValueError):
 
 @lru_cache(maxsize=2)
 def _tokenizer(backbone: str):
-    """The backbone's tokenizer on the node this Ray Data task runs on (it resolves the spec itself)."""
+    """The backbone's tokenizer on the node this Ray Data task runs on (it resolves the spec itself; a
+    sentence-transformers directory's transformer folder)."""
     import os
 
-    from embedforge.models import load_tokenizer, resolve_backbone
+    from embedforge.embedders import read_sentence_transformers_settings
+    from embedforge.models import is_sentence_transformers_dir, load_tokenizer, resolve_backbone
 
-    return load_tokenizer(backbone if os.path.isdir(backbone) else resolve_backbone(backbone))
+    path = backbone if os.path.isdir(backbone) else resolve_backbone(backbone, weights=False)
+    if is_sentence_transformers_dir(path):
+        path = os.path.join(path, read_sentence_transformers_settings(path).transformer_subdir)
+    return load_tokenizer(path)
 
 
 def _rows(df: pd.DataFrame) -> dict:
@@ -50,11 +55,11 @@ def keep_valid(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def tokenize_frame(df: pd.DataFrame, backbone: str, query_max_length: int, passage_max_length: int,
-                   instructions: bool = True):
+                   instructions: bool = True, append_eos: bool = True):
     batch = _rows(df)
     batch["negatives"] = [list(n) if n is not None else [] for n in batch["negatives"]]
     batch["task"] = [t if isinstance(t, str) else "" for t in batch["task"]]
-    out = tokenize_rows(batch, _tokenizer(backbone), query_max_length, passage_max_length, instructions)
+    out = tokenize_rows(batch, _tokenizer(backbone), query_max_length, passage_max_length, instructions, append_eos)
     keep = ("id", "group", "positive_key", "query_ids", "positive_ids", "negative_ids")
     return pd.DataFrame({k: out[k] for k in keep})
 
@@ -126,13 +131,14 @@ def read_valid_rows(path: str, key: str):
 
 def build_batches(train: TrainConfig, backbone: str, run_storage: str, seed: int,
                   mining_model=None, instructions: bool = True, resource_check: str = "fail",
-                  *, lengths: tuple[int, int]):
+                  *, lengths: tuple[int, int], append_eos: bool = True):
     """(materialized dataset of global-batch records sorted by step order, summary dict).
 
     ``mining_model``: the model section hard negatives are mined with (``train.mining.mining_spec``;
     needed when ``train.mine_negatives``). ``instructions`` is ``model.instructions``: False tokenizes
     (and mines) queries without their task. ``lengths``: (query, passage) token limits, from the root
-    config's ``training_lengths()``.
+    config's ``training_lengths()``. ``append_eos``: False for an encoder student (its tokenizer's own
+    [SEP] ends a sequence; ``embedforge.models.backbone_kind``).
     """
     import ray.data
 
@@ -166,7 +172,7 @@ def build_batches(train: TrainConfig, backbone: str, run_storage: str, seed: int
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",
         fn_kwargs={"backbone": backbone, "query_max_length": lengths[0],
-                   "passage_max_length": lengths[1], "instructions": instructions},
+                   "passage_max_length": lengths[1], "instructions": instructions, "append_eos": append_eos},
     )
     planned = tokenized.groupby("group").map_groups(
         plan_frame, batch_format="pandas",

@@ -11,12 +11,15 @@ from embedforge.train.gradcache import DeepSpeedBackward, contrastive_backward
 
 
 def init_engine(model, train: TrainConfig, total_steps: int):
-    """``deepspeed.initialize`` on the LoRA model with the generated config (the process group exists)."""
+    """``deepspeed.initialize`` on the LoRA (or fully trainable) model with the generated config (the
+    process group exists). The trainable weights go in AdamW groups: ``train.weight_decay`` on
+    matrices, none on biases and norms (``model.optimizer_param_groups``; LoRA has matrices only)."""
     import deepspeed
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    from embedforge.train.model import optimizer_param_groups
+
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=params, config=deepspeed_config(train),
+        model=model, model_parameters=optimizer_param_groups(model, train.weight_decay), config=deepspeed_config(train),
         lr_scheduler=lr_schedule(train, total_steps),
     )
     return engine, scheduler

@@ -1,11 +1,14 @@
 """The trained model's exports, made after training in a Ray task of their own.
 
-The workers write only the LoRA adapter (gathered from ZeRO-3 partitions; small). Merging it into the
-backbone and writing the sentence-transformers directory load the whole backbone in fp32: done on rank
-0 inside the worker group, the other ranks waited at a barrier for as long as that took (at 7B it could
-outlast the process group's timeout) and every worker's resources stayed held. Here the group is gone
-first; the task asks for the training workers' accelerator, so on a GPU cluster it lands on a GPU node
-(the host memory a 7B merge needs), never on a CPU head.
+With LoRA the workers write only the adapter (gathered from ZeRO-3 partitions; small). Merging it into
+the backbone and writing the sentence-transformers directory load the whole backbone in fp32: done on
+rank 0 inside the worker group, the other ranks waited at a barrier for as long as that took (at 7B it
+could outlast the process group's timeout) and every worker's resources stayed held. Here the group is
+gone first; the task asks for the training workers' accelerator, so on a GPU cluster it lands on a GPU
+node (the host memory a 7B merge needs), never on a CPU head.
+
+With full fine-tuning (``train.finetune: full``) there is nothing to merge: the workers wrote the
+trained weights to ``merged/`` and this task writes the sentence-transformers directory from them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -24,6 +28,8 @@ class ExportPlan(BaseModel):
     prompts: dict[str, str]  # task name -> instruction, the exported model's prompts ({}: none)
     pooling: str
     normalize: bool
+    kind: Literal["decoder", "encoder"] = "decoder"  # embedforge.models.backbone_kind of the student
+    finetune: Literal["lora", "full"] = "lora"  # train.finetune: "full" has merged/ from the workers, no adapter
 
 
 class ExportResult(BaseModel):
@@ -35,20 +41,26 @@ class ExportResult(BaseModel):
 
 
 def export_trained_model(plan: ExportPlan) -> ExportResult:
-    """adapter/ -> merged/ (a plain Hugging Face directory) -> sentence_transformers/. Pure file work,
-    in this node's working copy of the run, published to the run's storage (the same folder when the
-    storage is local or a shared mount); the result names the storage paths."""
+    """adapter/ -> merged/ (a plain Hugging Face directory) -> sentence_transformers/ (full
+    fine-tuning: merged/, written by the workers -> sentence_transformers/). Pure file work, in this
+    node's working copy of the run, published to the run's storage (the same folder when the storage is
+    local or a shared mount); the result names the storage paths."""
     from embedforge import storage
-    from embedforge.models import resolve_backbone
+    from embedforge.embedders import EmbedderSpec, resolve
     from embedforge.train.model import save_merged, save_sentence_transformers
 
     work_dir = storage.working_dir(plan.out_dir)
-    adapter = storage.local_copy(storage.join(plan.out_dir, "adapter"))
-    merged = save_merged(resolve_backbone(plan.backbone), Path(adapter), work_dir / "merged")
-    st = save_sentence_transformers(merged, work_dir / "sentence_transformers", plan.max_length, plan.prompts,
-                                    pooling=plan.pooling, normalize=plan.normalize)
     published = {name: storage.join(plan.out_dir, name) for name in ("merged", "sentence_transformers")}
-    storage.upload(merged, published["merged"])
+    if plan.finetune == "full":
+        merged = Path(storage.local_copy(published["merged"]))
+    else:
+        adapter = storage.local_copy(storage.join(plan.out_dir, "adapter"))
+        # The backbone's transformer folder (a sentence-transformers directory's may be a subfolder).
+        backbone = resolve(EmbedderSpec(backbone=plan.backbone)).weights
+        merged = save_merged(backbone, Path(adapter), work_dir / "merged")
+        storage.upload(merged, published["merged"])
+    st = save_sentence_transformers(merged, work_dir / "sentence_transformers", plan.max_length, plan.prompts,
+                                    pooling=plan.pooling, normalize=plan.normalize, kind=plan.kind)
     storage.upload(st, published["sentence_transformers"])
     return ExportResult(merged=published["merged"], sentence_transformers=published["sentence_transformers"],
                         host=socket.gethostname(), pid=os.getpid(), node_id=_ray_node_id())

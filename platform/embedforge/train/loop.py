@@ -26,7 +26,7 @@ class WorkerPlan(BaseModel):
     backbone: str  # the model.backbone spec; each worker resolves it on its own node
     out_dir: str  # the train stage's folder in the run's storage (a local path, a shared mount or a URI)
     total_steps: int = Field(ge=1)
-    pooling: str
+    pooling: str  # the student's pooling (train/runner.py: student_settings)
     # The frozen guide model of false-negative masking (train.guide_model; train/guide.py), null: off.
     guide: EmbedderSpec | None = None
 
@@ -35,10 +35,17 @@ def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
 
+    from embedforge.embedders import resolve
     from embedforge.prompts import pad_token_id
     from embedforge.train.ds_config import backbone_loading
     from embedforge.train.engine import engine_device, init_engine, train_step
-    from embedforge.train.model import gathered_lora_state_dict, load_lora_model, save_adapter
+    from embedforge.train.model import (
+        gathered_full_state_dict,
+        gathered_lora_state_dict,
+        load_trainable_model,
+        save_adapter,
+        save_full_model,
+    )
 
     plan = WorkerPlan.model_validate(config)
     train = plan.train
@@ -48,18 +55,21 @@ def train_loop_per_worker(config: dict) -> None:
         raise RuntimeError(f"expected {train.num_workers} workers, got {world_size}")
     deepspeed.init_distributed(dist_backend="nccl" if train.use_gpu else "gloo")
     from embedforge import storage
-    from embedforge.models import load_tokenizer, resolve_backbone
+    from embedforge.models import load_tokenizer
 
     # Rank 0 writes in this node's working copy and publishes to the run's storage (the same folder
     # when the storage is a local path or a shared mount).
     work_dir = storage.working_dir(plan.out_dir)
 
-    backbone_path = resolve_backbone(plan.backbone)  # this node's copy (a hub model: fetched once per node)
+    # This node's copy (a hub model: fetched once per node); a sentence-transformers directory's
+    # transformer folder.
+    backbone_path = resolve(EmbedderSpec(backbone=plan.backbone)).weights
     tokenizer = load_tokenizer(backbone_path)
     pad = pad_token_id(tokenizer)
-    # Under ZeRO-3 every worker builds the backbone partitioned, in the training precision.
+    # Under ZeRO-3 every worker builds the backbone partitioned, in the training precision; LoRA or
+    # every weight trainable (train.finetune).
     dtype, zero3_config = backbone_loading(train)
-    model = load_lora_model(backbone_path, train.lora, dtype, train.gradient_checkpointing, zero3_config)
+    model = load_trainable_model(backbone_path, train, dtype, zero3_config)
     total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
     device = engine_device(engine)  # the process group's device: every collective's tensors live there
@@ -115,13 +125,23 @@ def train_loop_per_worker(config: dict) -> None:
             elif step % train.log_every == 0:
                 ray.train.report(metrics)
 
-    # Only the adapter (small) is gathered and written here; merging it into the backbone and the
-    # sentence-transformers export run in a Ray task after training (train/export.py), not on rank 0
+    # LoRA: only the adapter (small) is gathered and written here; merging it into the backbone and
+    # the sentence-transformers export run in a Ray task after training (train/export.py), not on rank 0
     # while the other ranks wait at a barrier (at 7B that outlasted the process group's timeout).
-    state = gathered_lora_state_dict(engine.module)  # a collective: every rank takes part
+    # Full fine-tuning: the trained weights exist only as the workers' partitions, so they are gathered
+    # here (fp32 masters, one weight at a time) and rank 0 writes merged/ (a plain HF directory); the
+    # export task then only writes the sentence-transformers directory. Meant for small students.
+    if train.finetune == "full":
+        state = gathered_full_state_dict(engine.module, keep=rank == 0)  # a collective: every rank takes part
+        if rank == 0:
+            save_full_model(engine.module, state, backbone_path, work_dir / "merged")
+            storage.upload(work_dir / "merged", storage.join(plan.out_dir, "merged"))
+    else:
+        state = gathered_lora_state_dict(engine.module)  # a collective: every rank takes part
+        if rank == 0:
+            save_adapter(engine.module, state, work_dir / "adapter")
+            storage.upload(work_dir / "adapter", storage.join(plan.out_dir, "adapter"))
     if rank == 0:
-        save_adapter(engine.module, state, work_dir / "adapter")
-        storage.upload(work_dir / "adapter", storage.join(plan.out_dir, "adapter"))
         storage.upload(metrics_path, remote_metrics)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -7,12 +7,15 @@ Rerunning the same command after a driver crash resumes: Ray Train V2 finds the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from embedforge.config.train import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class TrainResult(BaseModel):
@@ -20,7 +23,8 @@ class TrainResult(BaseModel):
 
     ``checkpoint``, ``adapter``, ``merged`` and ``sentence_transformers`` are paths in the run's storage
     (URIs when it is an object store: each node that needs one fetches it, ``storage.local_copy``);
-    ``metrics`` and ``loss_curve`` are in the driver's working copy of the run (and published too)."""
+    ``metrics`` and ``loss_curve`` are in the driver's working copy of the run (and published too).
+    ``adapter`` is None after full fine-tuning (``merged`` holds the trained weights)."""
 
     sources: list[dict[str, Any]]  # per data source: path, rows read, valid rows
     mixed_rows: int
@@ -30,7 +34,7 @@ class TrainResult(BaseModel):
     total_steps: int
     final_metrics: dict[str, Any] = Field(default_factory=dict)  # the last step's reported metrics
     checkpoint: str | None
-    adapter: str
+    adapter: str | None
     merged: str
     sentence_transformers: str
     exported_by: str = ""  # "<host> pid <pid> node <ray node id>" of the export task (train/export.py)
@@ -38,18 +42,63 @@ class TrainResult(BaseModel):
     loss_curve: str
 
 
-def validate_before_training(cfg) -> str:
-    """Checks that need the backbone (not only the config); returns the backbone spec that workers,
-    tasks and the export resolve on their own nodes (a path into this node's cache would not exist on
-    the others)."""
-    from embedforge.models import is_hub_id, node_portable_spec, resolve_backbone
+class Student(BaseModel):
+    """The model being trained, as the driver resolved it (``validate_before_training``)."""
+
+    backbone: str  # the spec workers, tasks and the export resolve on their own nodes
+    kind: Literal["decoder", "encoder"]  # embedforge.models.backbone_kind
+    pooling: str  # model.pooling (a sentence-transformers backbone's own pooling: they must agree)
+    sentence_transformers: bool  # the backbone is a sentence-transformers directory
+
+    @property
+    def append_eos(self) -> bool:
+        return self.kind == "decoder"
+
+
+def validate_before_training(cfg) -> Student:
+    """Checks that need the backbone (not only the config); returns the student, whose ``backbone`` is
+    the spec that workers, tasks and the export resolve on their own nodes (a path into this node's
+    cache would not exist on the others).
+
+    The backbone's kind and settings come from the one loader (``embedforge.embedders.resolve``), so
+    the student is trained as it is loaded everywhere else: an encoder (BERT family) keeps its
+    tokenizer's own ``[CLS] … [SEP]`` (no EOS appended); a sentence-transformers backbone's own
+    Pooling module must agree with ``model.pooling``, which the trained model is exported, evaluated
+    and served with. Fails naming the setting: a LoRA target module absent from the backbone
+    (``train.finetune: lora``), a pooling that disagrees, an encoder's ``model.max_length`` beyond its
+    position limit."""
+    from embedforge.embedders import EmbedderSpec, resolve
+    from embedforge.models import ENCODER, is_hub_id, kind_of_config, load_tokenizer, node_portable_spec
     from embedforge.train.model import check_target_modules, meta_backbone
 
     spec = node_portable_spec(cfg.model.backbone)
-    # A hub backbone's module tree needs only its config.json, not the weights on this (driver) node.
-    check_target_modules(meta_backbone(spec if is_hub_id(spec) else resolve_backbone(spec)),
-                         cfg.train.lora.target_modules)
-    return spec
+    if is_hub_id(spec):
+        # A hub backbone's kind and module tree need only its config.json, not the weights on this
+        # (driver) node; its sentence-transformers files are read by the workers, which load it.
+        from transformers import AutoConfig
+
+        kind, weights, st = kind_of_config(AutoConfig.from_pretrained(spec)), spec, False
+    else:
+        used = resolve(EmbedderSpec.of(cfg.model, backbone=spec), weights=False)
+        kind, weights, st = used.kind, used.weights, used.sentence_transformers
+        if st and used.pooling != cfg.model.pooling:
+            raise ValueError(
+                f"model.pooling: {cfg.model.pooling!r}, but the backbone {cfg.model.backbone!r} is a sentence-transformers "
+                f"model pooled with {used.pooling!r} (its Pooling module); the student is trained, exported, evaluated "
+                f"and served with one pooling: set model.pooling: {used.pooling} (to train it with another pooling, "
+                "give its transformer folder without modules.json as model.backbone)")
+        if kind == ENCODER:
+            limit = load_tokenizer(weights).model_max_length
+            if isinstance(limit, int) and limit < 1_000_000 and cfg.model.max_length - 1 > limit:
+                raise ValueError(
+                    f"model.max_length ({cfg.model.max_length}) is beyond the encoder's {limit} positions: an encoder "
+                    f"sees max_length - 1 tokens ([CLS] and [SEP] included); set model.max_length <= {limit + 1}")
+    if kind == ENCODER and cfg.model.pooling == "last_token":
+        log.warning("model.pooling=last_token on an encoder pools its [SEP] token; encoders are usually mean-pooled "
+                    "(model.pooling: mean)")
+    if cfg.train.finetune == "lora":
+        check_target_modules(meta_backbone(weights), cfg.train.lora.target_modules)
+    return Student(backbone=spec, kind=kind, pooling=cfg.model.pooling, sentence_transformers=st)
 
 
 def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
@@ -109,7 +158,8 @@ def train_model(cfg) -> TrainResult:
     out_dir = run_dir / "train"  # this node's working copy
     out_dir.mkdir(parents=True, exist_ok=True)
     published = storage.join(cfg.run.storage, "train")  # what the workers and the export task write to
-    backbone = validate_before_training(cfg)
+    student = validate_before_training(cfg)
+    backbone = student.backbone
 
     init_ray()
     worker = {"CPU": float(train.cpus_per_worker), **({"GPU": 1.0} if train.use_gpu else {}),
@@ -123,7 +173,7 @@ def train_model(cfg) -> TrainResult:
     batches, summary = build_batches(train, backbone, cfg.run.storage, cfg.run.seed,
                                      mining_spec(cfg.model, train.mining_model),
                                      instructions=cfg.model.instructions, resource_check=cfg.run.resource_check,
-                                     lengths=cfg.training_lengths())
+                                     lengths=cfg.training_lengths(), append_eos=student.append_eos)
     steps = total_steps(train, summary["steps_per_epoch"])
     # Ray Train writes checkpoints through pyarrow's filesystems: a URI works as it is.
     ray_storage = train.storage_path or storage.join(cfg.run.storage, "ray_train")
@@ -133,7 +183,7 @@ def train_model(cfg) -> TrainResult:
         train_loop_per_worker,
         train_loop_config=WorkerPlan(
             train=train, backbone=backbone, out_dir=published, total_steps=steps,
-            pooling=cfg.model.pooling, guide=guide_spec(cfg.model, train.guide_model),
+            pooling=student.pooling, guide=guide_spec(cfg.model, train.guide_model),
         ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker, **train.resources_per_worker}),
@@ -148,7 +198,8 @@ def train_model(cfg) -> TrainResult:
     # The worker group is gone: merging and the sentence-transformers export run in a task of their own.
     exported = run_export_task(
         ExportPlan(backbone=backbone, out_dir=published, max_length=cfg.model.max_length,
-                   prompts=export_instructions(cfg.model), pooling=cfg.model.pooling, normalize=cfg.model.normalize),
+                   prompts=export_instructions(cfg.model), pooling=student.pooling, normalize=cfg.model.normalize,
+                   kind=student.kind, finetune=train.finetune),
         num_cpus=train.cpus_per_worker, use_gpu=train.use_gpu, resources=train.resources_per_worker)
     metrics_path = out_dir / "metrics.jsonl"
     if storage.is_uri(published) and storage.exists(storage.join(published, "metrics.jsonl")):
@@ -160,7 +211,7 @@ def train_model(cfg) -> TrainResult:
         total_steps=steps,
         final_metrics=json.loads(json.dumps(result.metrics or {}, default=str)),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
-        adapter=storage.join(published, "adapter"),
+        adapter=storage.join(published, "adapter") if train.finetune == "lora" else None,
         merged=exported.merged,
         sentence_transformers=exported.sentence_transformers,
         exported_by=f"{exported.host} pid {exported.pid} node {exported.node_id}",
