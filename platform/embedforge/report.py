@@ -72,6 +72,19 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
             ["completion tokens/s (last session)", gen.this_session.completion_tokens_per_s],
         ]
         parts += [_table(facts, ["generation", "value"]), ""]
+        if gen.corpus is not None:
+            f = gen.corpus
+            filtered = (f"top {f.consistency['top_k']} of {f.consistency['candidates']} chunks under "
+                        f"`{f.consistency['model']}`" if f.consistency else "filter off")
+            parts += ["Corpus-grounded queries, from the corpus to the training rows:", "",
+                      _table([["documents", f.documents], [f"chunks ({f.counted_with})", f.chunks],
+                              ["chunks asked about", f.chunks_asked], ["queries written", f.queries],
+                              ["kept after validation", f.kept_after_validation],
+                              [f"kept after consistency ({filtered})", f.kept_after_consistency],
+                              ["training rows (target)", f"{f.rows} ({f.target})"]], ["funnel", "count"]), ""]
+            if f.per_style:
+                parts += [_table([[s, c.get("queries", 0), c.get("rows", 0)] for s, c in f.per_style.items()],
+                                 ["style", "queries", "rows"]), ""]
     for name, rows in (generated.labeled if generated else {}).items():
         parts += [f"Labeled set `{name}`: {rows} rows", ""]
     split = results.get("split")
@@ -92,8 +105,8 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
         if keep:
             rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in keep.items()]
             parts += [_table(rows, ["metric", "final value"]), ""]
-        parts += [f"Outputs: adapter `{train.adapter}`, merged model `{train.merged}`, "
-                  f"sentence-transformers `{train.sentence_transformers}`.", ""]
+        weights = f"adapter `{train.adapter}`, merged model" if train.adapter else "fully fine-tuned model"
+        parts += [f"Outputs: {weights} `{train.merged}`, sentence-transformers `{train.sentence_transformers}`.", ""]
 
     ev = results.get("evaluate")
     if ev:
