@@ -42,17 +42,24 @@ def _require(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------ BEIR
 
 
+def json_lines(fh, path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed object) of each non-blank line of an open JSON-lines file; a line that
+    is not JSON raises ``FormatError`` naming the file and line."""
+    for lineno, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        yield lineno, obj
+
+
 def read_jsonl_texts(path: Path, what: str, keep: set[str] | None = None) -> dict[str, dict[str, str]]:
     """``{_id: {"text":..., "title":...}}`` from a BEIR jsonl file (``keep``: only those ids)."""
     rows: dict[str, dict[str, str]] = {}
     with open(_require(path), encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        for lineno, obj in json_lines(fh, path):
             if not isinstance(obj, dict) or "_id" not in obj or not isinstance(obj.get("text"), str):
                 raise FormatError(f"{path}:{lineno}: a {what} needs '_id' and a string 'text'")
             rid = str(obj["_id"])
@@ -330,13 +337,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
             for n, obj in enumerate(data, 1):
                 yield f"{path} record {n}", obj
             return
-        for lineno, line in enumerate(fh, 1):  # JSON lines
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        for lineno, obj in json_lines(fh, path):
             yield f"{path}:{lineno}", obj
 
 

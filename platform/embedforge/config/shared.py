@@ -81,18 +81,24 @@ class ModelConfig(Section):
     def _backbone_exists(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("backbone must not be empty")
-        if v in MODEL_ALIASES:
-            return v
-        from embedforge.storage import is_uri
+        return check_model_spec(v, "model")
 
-        if is_uri(v):  # in the run's storage (a trained model): each node fetches its own copy
-            return v
-        if looks_like_path(v) and not os.path.exists(os.path.expanduser(v)):
-            raise ValueError(
-                f"model path {v!r} does not exist (give an existing HF model directory, a .gguf file, "
-                f"a hub id like 'org/name', or one of: {', '.join(MODEL_ALIASES)})"
-            )
+
+def check_model_spec(v: str, what: str, also: str = "") -> str:
+    """``v`` as a model spec: an alias, a URI (in the run's storage: each node fetches its own copy), a
+    hub id, or an existing path — else a ValueError listing what it may be (``also``: one more choice)."""
+    if v in MODEL_ALIASES:
         return v
+    from embedforge.storage import is_uri
+
+    if is_uri(v):
+        return v
+    if looks_like_path(v) and not os.path.exists(os.path.expanduser(v)):
+        raise ValueError(
+            f"{what} path {v!r} does not exist (give an existing HF model directory, a .gguf file, "
+            f"a hub id like 'org/name', one of: {', '.join(MODEL_ALIASES)}{also})"
+        )
+    return v
 
     @field_validator("adapter")
     @classmethod

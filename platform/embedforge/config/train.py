@@ -6,13 +6,12 @@ trains every weight instead (a small encoder student such as all-MiniLM-L6-v2: d
 """
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from embedforge.config.base import Section
-from embedforge.config.shared import MODEL_ALIASES, looks_like_path
+from embedforge.config.shared import check_model_spec
 
 
 class LoraSettings(Section):
@@ -112,16 +111,7 @@ class TrainConfig(Section):
             return v
         if not v.strip():
             raise ValueError("guide_model must not be empty (null turns the guide off)")
-        from embedforge.storage import is_uri
-
-        if v in MODEL_ALIASES or is_uri(v):
-            return v
-        if looks_like_path(v) and not os.path.exists(os.path.expanduser(v)):
-            raise ValueError(
-                f"guide model path {v!r} does not exist (give an existing HF model directory, a .gguf file, "
-                f"a hub id like 'org/name', one of: {', '.join(MODEL_ALIASES)}, or null to turn the guide off)"
-            )
-        return v
+        return check_model_spec(v, "guide model", ", or null to turn the guide off")
 
     @field_validator("data")
     @classmethod
