@@ -77,20 +77,35 @@ def test_the_split_holds_out_whole_documents(adapt_run):
 
 
 def test_minilm_was_fully_fine_tuned_and_scored_against_the_untouched_student(adapt_run):
+    from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
 
+    from embedforge.embedders import load_embedder
+    from embedforge.evaluate.spec import ModelSpec
     from embedforge.models import resolve_backbone
 
     train = _marker(adapt_run, "train")
     assert train["adapter"] is None  # full fine-tuning: no adapter, no merge
     assert train["final_metrics"]["step"] == 3
     tuned = SentenceTransformer(train["sentence_transformers"], device="cpu")
-    original = SentenceTransformer(resolve_backbone("all-minilm-l6-v2"), device="cpu")
+    assert [type(m).__name__ for m in tuned] == ["Transformer", "Pooling", "Normalize"]
+    assert tuned[1].pooling_mode == "mean" and tuned.max_seq_length == 256
+    minilm = resolve_backbone("all-minilm-l6-v2")
+    original = SentenceTransformer(minilm, device="cpu")
     texts = ["glaciers retreat as the climate warms", "how do plants turn light into sugar"]
     a, b = tuned.encode(texts), original.encode(texts)
     assert a.shape == b.shape == (2, 384)
     assert not np.allclose(a, b, atol=1e-6)  # the weights moved
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)  # MiniLM's Normalize module kept
+    # what `embedforge evaluate` and serving load from the folder encodes as sentence-transformers does
+    ours = load_embedder(ModelSpec(backbone=train["sentence_transformers"]))
+    assert (ours.pooling, ours.normalize, ours.append_eos) == ("mean", True, False)
+    np.testing.assert_allclose(ours.encode(texts), a, atol=1e-5)
+    # every weight but BERT's unused pooler was trained
+    base, trained = load_file(Path(minilm) / "model.safetensors"), load_file(Path(train["merged"]) / "model.safetensors")
+    assert {n for n, v in base.items() if v.is_floating_point()} == set(trained)
+    changed = {n for n, v in trained.items() if not np.array_equal(v.numpy(), base[n].float().numpy())}
+    assert changed == {n for n in trained if not n.startswith("pooler.")}
     scores = _marker(adapt_run, "evaluate")["scores"]  # model label (the run's name for the tuned one) -> task
     assert set(scores) == {"adapt", "backbone"} and "HeldoutRetrieval" in scores["backbone"]
     assert 0.0 <= scores["adapt"]["HeldoutRetrieval"] <= 1.0

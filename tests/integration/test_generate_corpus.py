@@ -9,11 +9,16 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from embedforge.generate.corpus import load_chunks, style_of_id
 from embedforge.generate.taxonomy import load_corpus_styles
 from embedforge.schema import chunk_id_of
+
+# Slow (left out of CI): test_adapt_pipeline runs corpus generation with the same teacher and filter
+# inside the pipeline; this adds the ledger-level checks and the rerun that plans nothing.
+pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
 

@@ -19,6 +19,11 @@ import torch
 
 from tests.integration.test_train_job import _ray, write_rows
 
+# Slow (left out of CI): test_adapt_pipeline runs the same MiniLM full fine-tuning job through the
+# pipeline and checks the export, the loader equality and the trained weights; this adds the loss and
+# the fixture separation on a job of its own.
+pytestmark = pytest.mark.slow
+
 STUDENT = ["model.backbone=all-minilm-l6-v2", "model.pooling=mean", "model.instructions=false", "model.max_length=65"]
 # Two passes over the same 3 batches (the planner's order is seeded): the second pass must score lower.
 SHORT_RUN = ["train.finetune=full", "train.temperature=0.05", "train.lr=1e-4", "train.weight_decay=0.01",
