@@ -266,6 +266,9 @@ def test_answers_are_parsed_into_rows_or_rejected_by_a_named_reason():
     assert reason('{"claim": "Bees dance."}') == "too_short"
     assert reason(json.dumps({"claim": "word " * 41})) == "too_long"
     assert reason(json.dumps({"claim": passage})) == "copied_chunk"
+    assert reason('{"claim": "This passage provides evidence that bees communicate by dancing"}') == "refers_to_chunk"
+    assert reason('{"claim": "<Title of the passage> explains bee dances"}') == "refers_to_chunk"
+    assert validate_corpus_query('{"claim": "A text message alerts foragers to flowers"}', claim, passage, 10)
     # ten words in a row from the chunk is a copy; fewer is not
     assert copies("So forager honeybees tell their nestmates where flowers are by dancing today", passage, 10)
     assert not copies("Honeybees tell their nestmates where flowers are, scientists say", passage, 10)

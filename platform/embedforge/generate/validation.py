@@ -28,6 +28,7 @@ REJECT_REASONS = (
     # corpus-grounded queries (generate.corpus):
     "too_long",       # more words than the style allows
     "copied_chunk",   # the query is its chunk, or shares a run of generate.corpus.copy_ngram words with it
+    "refers_to_chunk",  # the query points at the material it was written from ("this passage", "<title>")
     "consistency",    # its chunk did not rank in the filter model's top k for it (generate.consistency)
 )
 
@@ -202,7 +203,18 @@ def validate_corpus_query(text: str, style: CorpusStyle, passage: str, copy_ngra
         raise Rejected("too_long", f"{style.key} has {n} words, the {style.name} style allows {style.max_words}")
     if copies(value, passage, copy_ngram):
         raise Rejected("copied_chunk", f"shares {copy_ngram}+ words in a row with its chunk: {value[:80]!r}")
+    pointer = REFERS_TO_CHUNK.search(value)
+    if pointer:
+        raise Rejected("refers_to_chunk", f"{pointer.group(0)!r} in {value[:80]!r}")
     return value
+
+
+# A search query stands alone: one that points at the text it was written from ("This passage provides
+# evidence …", "the above abstract", a "<Title of the passage>" placeholder) was common among
+# SmolLM2-135M's SciFact queries and matches no real user's query.
+REFERS_TO_CHUNK = re.compile(
+    r"\b(?:this|the|given|above|following|provided)\s+(?:passage|text|excerpt|paragraph|abstract|article|"
+    r"document|chunk)\b|<[^<>]{1,60}>", re.IGNORECASE)
 
 
 def parse_corpus_answer(request: dict, text: str, teacher: str, usage: tuple[int, int]) -> dict:
