@@ -341,11 +341,12 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
             yield f"{path}:{lineno}", obj
 
 
-def _parquet_records(path: Path) -> Iterator[tuple[str, object]]:
+def _parquet_records(path: Path, columns: list[str] | None = None) -> Iterator[tuple[str, object]]:
+    """``(where, row as a dict)`` of a Parquet file, streamed in batches (``columns``: only those)."""
     import pyarrow.parquet as pq
 
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=columns):
         for obj in batch.to_pylist():
             n += 1
             yield f"{path} row {n}", obj
@@ -420,9 +421,8 @@ def read_parquet_documents(path: str | Path, id_column: str, text_column: str,
         missing = [c for c in wanted if c not in names]
         if missing:
             raise FormatError(f"{file}: no column {missing[0]!r} (has: {', '.join(names)})")
-        table = pq.read_table(file, columns=wanted).to_pydict()
-        titles = table[title_column] if title_column else [None] * len(table[id_column])
-        for n, (rid, text, title) in enumerate(zip(table[id_column], table[text_column], titles, strict=True)):
+        for n, (_, row) in enumerate(_parquet_records(file, wanted)):
+            rid, text, title = row[id_column], row[text_column], row.get(title_column) if title_column else None
             if rid is None or not str(rid).strip():
                 raise FormatError(f"{file}: row {n}: empty {id_column!r}")
             if text is not None and not isinstance(text, str):
