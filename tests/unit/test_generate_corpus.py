@@ -266,7 +266,17 @@ def test_answers_are_parsed_into_rows_or_rejected_by_a_named_reason():
     assert reason('{"claim": "Bees dance."}') == "too_short"
     assert reason(json.dumps({"claim": "word " * 41})) == "too_long"
     assert reason(json.dumps({"claim": passage})) == "copied_chunk"
-    assert reason('{"claim": "This passage provides evidence that bees communicate by dancing"}') == "refers_to_chunk"
+    assert reason('{"claim": "This passage provides evidence for bees communicating by dancing"}') == "refers_to_chunk"
+    assert reason('{"claim": "Bees, as this passage shows, communicate by dancing"}') == "refers_to_chunk"
+    # a lead-in up to "that" / ":" is cut and the rest is checked like any answer
+    assert validate_corpus_query('{"claim": "This passage provides evidence that bees communicate with a dance"}',
+                                 claim, passage, 10) == "Bees communicate with a dance"
+    assert validate_corpus_query('{"claim": "The abstract supports the claim: waggle runs point at the food"}',
+                                 claim, passage, 10) == "Waggle runs point at the food"
+    assert reason('{"claim": "This passage suggests that the passage is about bees"}') == "refers_to_chunk"
+    assert reason('{"claim": "This passage shows that bees dance a lot."}') == "too_short"  # 4 words left
+    # only reporting words lead in: a relative "that" is no lead-in's end
+    assert reason('{"claim": "The passage supports signalling that is achieved through mitochondrial MAVS"}') == "refers_to_chunk"
     assert reason('{"claim": "<Title of the passage> explains bee dances"}') == "refers_to_chunk"
     assert validate_corpus_query('{"claim": "A text message alerts foragers to flowers"}', claim, passage, 10)
     # ten words in a row from the chunk is a copy; fewer is not
