@@ -13,13 +13,14 @@ runner. Variants differ from ``adapted`` (the config as shipped) in one thing ea
                       the teacher's answer, re-validated, with the chunk it was written for)
     plain_mining      train.mining_max_positive_ratio=null: the student's top-30 taken as they come
     masking           train.guide_model=all-minilm-l6-v2: GISTEmbed-style false-negative masking
+    smollm2_student   SmolLM2-135M + LoRA as the student instead of MiniLM (same pairs)
 
 Each variant runs in its own subprocess (its own local Ray: ``RAY_ADDRESS=local``) and leaves
 ``<out>/results/<variant>.json``; a rerun skips finished variants. The table adds a 95 % paired-bootstrap
 interval of each variant's nDCG@10 minus ``adapted``'s over the 300 test queries (per-query nDCG@10
 computed from the evaluation's embedding cache, checked against mteb's mean).
 
-    python benchmarks/adapt_ablations.py --run runs/adapt --out /tmp/embedforge-adapt-ablations
+    python benchmarks/adapt_ablations.py --run runs/adapt --out /tmp/embedforge-adapt-ablations [--set train.epochs=3]
     python benchmarks/adapt_ablations.py --run runs/adapt --out /tmp/embedforge-adapt-ablations --table
 """
 
@@ -45,6 +46,13 @@ VARIANTS = {
     "no_consistency": [],  # its data differs, not its config
     "plain_mining": ["train.mining_max_positive_ratio=null"],
     "masking": ["train.guide_model=all-minilm-l6-v2"],
+    # The other student: SmolLM2-135M (a decoder: last-token pooling, instructions, LoRA) on the same pairs
+    # (chunked in MiniLM's tokens, under its 256), negatives mined with MiniLM (the untrained decoder's
+    # own vectors rank at chance), SciFact encoded in bf16 as configs/cpu-quality.yaml does.
+    "smollm2_student": ["model.backbone=smollm2-135m", "model.pooling=last_token", "model.instructions=true",
+                        "model.max_length=256", "train.finetune=lora", "train.lr=5e-4", "train.temperature=0.02",
+                        "train.query_max_length=64", "train.passage_max_length=256",
+                        "train.mining_model=all-minilm-l6-v2", "evaluate.dtype=bfloat16"],
 }
 
 
@@ -55,27 +63,36 @@ def pipeline_cfg(run: Path):
     return load_config(CONFIG, [f"run.output_dir={run.parent}", f"run.name={run.name}"])
 
 
-def rebuilt_consistency_rejects(run: Path, train_keys_excluded: set[str]) -> list[dict]:
-    """The pairs the consistency filter rejected, rebuilt as training rows: request i's chunk comes from
-    the seeded planner (the id names i), the answer is re-validated with today's rules. Rows of held-out
+def rebuilt_consistency_rejects(run: Path, held_keys: set[str]) -> list[dict]:
+    """The pairs the consistency filter rejected, rebuilt as training rows. Request ``corpus-<style>-<i>``
+    was written for chunk ``sampler(i)`` (the run's seeded order; the style is in the id, so a style mix
+    changed mid-run does not matter); its answer is re-validated with today's rules. Rows of held-out
     documents are left out (the split's rule: whole documents)."""
-    from embedforge.generate.corpus import CorpusPlanner, load_chunks
+    import pyarrow.parquet as pq
+
+    from embedforge.generate.corpus import CorpusPlanner, load_chunks, style_of_id
+    from embedforge.generate.taxonomy import corpus_request
     from embedforge.generate.validation import Rejected, parse_corpus_answer
+    from embedforge.schema import chunk_id_of
     from embedforge.split import is_heldout, split_key
 
     cfg = pipeline_cfg(run)
     planner = CorpusPlanner(cfg.generate.corpus, load_chunks(cfg), cfg.run.seed)
-    import pyarrow.parquet as pq
 
-    from embedforge.schema import chunk_id_of
+    def request_of(row_id: str, teacher: str) -> dict:
+        style = planner.styles[style_of_id(row_id)]
+        chunk = planner.chunks.chunks[planner.sampler(int(row_id.rsplit("-", 1)[1]))]
+        c = cfg.generate.corpus
+        return corpus_request(style, row_id, chunk.id, chunk.text, cfg.run.seed, language=c.language,
+                              instruction=planner.instruction(style.name), max_chars=c.max_chars,
+                              copy_ngram=c.copy_ngram)
 
-    # The rebuild trusts that request i still maps to the chunk it was written for: check it on the kept rows.
-    for f in sorted((run / "data").glob("*.parquet")):
-        for r in pq.read_table(f, columns=["id", "source"]).to_pylist()[:20]:
-            req = planner.requests(int(r["id"].rsplit("-", 1)[1]), 1, {"t": 1.0})[0]
-            if json.loads(req["values"])["chunk_id"] != chunk_id_of(r):
-                raise SystemExit(f"{r['id']}: the planner maps it to another chunk than the run did "
-                                 "(corpus or chunking changed since): cannot rebuild the rejects")
+    # The rebuild trusts that request i still maps to the chunk it was written for: check it on kept rows.
+    kept = [r for f in sorted((run / "data").glob("*.parquet")) for r in pq.read_table(f, columns=["id", "source"]).to_pylist()]
+    for r in kept[:50]:
+        if json.loads(request_of(r["id"], "t")["values"])["chunk_id"] != chunk_id_of(r):
+            raise SystemExit(f"{r['id']}: the sampler maps it to another chunk than the run did "
+                             "(corpus or chunking changed since): cannot rebuild the rejects")
     rows, seen = [], set()
     for f in sorted((run / "generate" / "rejects").glob("*.jsonl")):
         for line in f.read_text().splitlines():
@@ -83,15 +100,12 @@ def rebuilt_consistency_rejects(run: Path, train_keys_excluded: set[str]) -> lis
             if rec.get("reason") != "consistency" or rec["id"] in seen:
                 continue
             seen.add(rec["id"])
-            index = int(rec["id"].rsplit("-", 1)[1])
-            request = planner.requests(index, 1, {rec["teacher"]: 1.0})[0]
-            assert request["id"] == rec["id"], (request["id"], rec["id"])
             try:
-                row = parse_corpus_answer(request, rec["raw"], rec["teacher"], (0, 0))
+                row = parse_corpus_answer(request_of(rec["id"], rec["teacher"]), rec["raw"], rec["teacher"], (0, 0))
             except Rejected:
                 continue
             key = split_key(row)
-            if key in train_keys_excluded or is_heldout(key, cfg.pipeline.heldout_fraction):
+            if key in held_keys or is_heldout(key, cfg.pipeline.heldout_fraction):
                 continue
             rows.append(row)
     return rows
@@ -124,7 +138,7 @@ def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     return sources
 
 
-def variant_config(name: str, run: Path, out: Path, model: str | None = None):
+def variant_config(name: str, run: Path, out: Path, model: str | None = None, common: list[str] = ()):
     from embedforge.config import load_config
 
     overrides = [
@@ -132,20 +146,20 @@ def variant_config(name: str, run: Path, out: Path, model: str | None = None):
         f"train.data={json.dumps(variant_data(name, run, out)) if VARIANTS[name] is not None else '[]'}",
         "evaluate.tasks=[]", "evaluate.baselines={}",
         f"evaluate.local_tasks=[{{kind: beir, path: {SCIFACT}, name: SciFact}}]",
-    ] + (VARIANTS[name] or [])
-    if model:
+    ] + list(common) + (VARIANTS[name] or [])
+    if model:  # the trained model in place of the backbone (after the variant's own overrides)
         overrides.append(f"model.backbone={model}")
     return load_config(CONFIG, overrides)
 
 
-def run_variant(name: str, run: Path, out: Path) -> dict:
+def run_variant(name: str, run: Path, out: Path, common: list[str]) -> dict:
     from embedforge.evaluate.runner import evaluate_model
     from embedforge.train.runner import train_model
 
-    record: dict = {"variant": name, "overrides": VARIANTS[name]}
+    record: dict = {"variant": name, "overrides": VARIANTS[name], "common_overrides": list(common)}
     model = None
     if VARIANTS[name] is not None:
-        cfg = variant_config(name, run, out)
+        cfg = variant_config(name, run, out, common=common)
         done = cfg.run.dir / "train" / "summary.json"
         if done.is_file():
             summary = json.loads(done.read_text())
@@ -158,10 +172,10 @@ def run_variant(name: str, run: Path, out: Path) -> dict:
         losses = [json.loads(line)["loss"] for line in Path(summary["metrics"]).read_text().splitlines()]
         record.update(train_rows=summary["mixed_rows"], train_steps=summary["total_steps"],
                       first_loss=losses[0], last_loss=losses[-1])
-        model = summary["merged"]
+        model = summary["merged"]  # LoRA: the adapter merged into the backbone
     else:
         record.update(train_rows=0, train_steps=0, train_seconds=0.0)
-    cfg = variant_config(name, run, out, model)
+    cfg = variant_config(name, run, out, model, common)
     t0 = time.time()
     result = evaluate_model(cfg)
     record["eval_seconds"] = round(time.time() - t0, 1)
@@ -178,45 +192,38 @@ def run_variant(name: str, run: Path, out: Path) -> dict:
 
 
 def read_scifact_test():
-    from embedforge.formats import read_json_lines
+    from embedforge.formats import read_beir
 
-    corpus = {r["_id"]: r for r in read_json_lines(SCIFACT / "corpus.jsonl")}
-    queries = {r["_id"]: r["text"] for r in read_json_lines(SCIFACT / "queries.jsonl")}
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (SCIFACT / "qrels" / "test.tsv").read_text().splitlines()[1:]:
-        qid, did, score = line.split("\t")
-        qrels.setdefault(qid, {})[did] = int(score)
-    return corpus, {q: queries[q] for q in qrels}, qrels
+    data = read_beir(SCIFACT, "test")
+    return data["corpus"], data["queries"], data["relevant_docs"]
 
 
 def per_query_ndcg(out: Path, name: str) -> dict[str, float] | None:
-    """nDCG@10 per test query from the variant's embedding cache (MiniLM runs without instructions, so
-    queries and documents share one namespace); None when the cache does not hold every text."""
+    """nDCG@10 per test query from the variant's embedding cache (one namespace per model + instruction:
+    the documents' and the queries' are found by looking their texts up); None when the cache does not
+    hold every text."""
     import numpy as np
 
     from embedforge.evaluate.cache import EmbeddingCache, text_hash
+    from embedforge.formats import document_text
 
     root = out / "runs" / name / "embedding_cache"
-    spaces = [d.name for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
-    if len(spaces) != 1:
-        return None
-    cache = EmbeddingCache(root, spaces[0])
+    caches = [EmbeddingCache(root, d.name) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
     corpus, queries, qrels = read_scifact_test()
-    doc_ids = list(corpus)
-    # mteb joins title and text for a retrieval corpus; take whichever form the cache holds.
-    for form in (lambda d: f"{d['title']} {d['text']}".strip(), lambda d: d["text"], lambda d: f"{d['title']}\n{d['text']}"):
-        keys = [text_hash(form(corpus[d])) for d in doc_ids]
-        found = cache.get_many(keys)
-        if len(found) == len(set(keys)):
-            break
-    else:
+    doc_ids, qids = list(corpus), list(queries)
+
+    def lookup(texts):
+        keys = [text_hash(t) for t in texts]
+        for cache in caches:
+            found = cache.get_many(keys)
+            if len(found) == len(set(keys)):
+                return np.stack([found[k] for k in keys]).astype(np.float32)
         return None
-    docs = np.stack([found[k] for k in keys]).astype(np.float32)
-    qids = list(queries)
-    qfound = cache.get_many([text_hash(queries[q]) for q in qids])
-    if len(qfound) < len({text_hash(queries[q]) for q in qids}):
+
+    docs = lookup([document_text(corpus[d]) for d in doc_ids])  # the text mteb hands the encoder
+    qv = lookup([queries[q] for q in qids])
+    if docs is None or qv is None:
         return None
-    qv = np.stack([qfound[text_hash(queries[q])] for q in qids]).astype(np.float32)
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
     qv /= np.linalg.norm(qv, axis=1, keepdims=True)
     scores = qv @ docs.T
@@ -225,8 +232,7 @@ def per_query_ndcg(out: Path, name: str) -> dict[str, float] | None:
         top = np.argsort(-scores[i])[:10]
         rel = qrels[q]
         dcg = sum(rel.get(doc_ids[j], 0) / np.log2(r + 2) for r, j in enumerate(top))
-        ideal = sorted(rel.values(), reverse=True)[:10]
-        idcg = sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
+        idcg = sum(g / np.log2(r + 2) for r, g in enumerate(sorted(rel.values(), reverse=True)[:10]))
         out_scores[q] = float(dcg / idcg) if idcg > 0 else 0.0
     return out_scores
 
@@ -242,22 +248,29 @@ def delta_interval(base: dict[str, float], cand: dict[str, float], rounds: int =
 
 
 def table(results: dict[str, dict]) -> str:
-    ref = results.get("adapted", {})
-    lines = ["| variant | train pairs | steps | SciFact nDCG@10 | Δ vs adapted | Δ 95% CI | first → last loss | "
-             "train wall (min) | eval wall (min) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per variant: its score, and its difference from the untouched student and from ``adapted``
+    with a 95 % paired-bootstrap interval over the test queries."""
+
+    def delta(r: dict, ref_name: str) -> str:
+        ref = results.get(ref_name)
+        if ref is None or r is ref:
+            return "—"
+        d = f"{r['ndcg_at_10'] - ref['ndcg_at_10']:+.4f}"
+        if "per_query_ndcg_at_10" in r and "per_query_ndcg_at_10" in ref:
+            lo, hi = delta_interval(ref["per_query_ndcg_at_10"], r["per_query_ndcg_at_10"])
+            d += f" [{lo:+.4f}, {hi:+.4f}]"
+        return d
+
+    lines = ["| variant | train pairs | steps | SciFact nDCG@10 | Δ vs untouched [95% CI] | Δ vs adapted [95% CI] | "
+             "first → last loss | train wall (min) | eval wall (min) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in VARIANTS:
         r = results.get(name)
         if r is None:
             lines.append(f"| {name} | | | (not run) | | | | | |")
             continue
-        delta = f"{r['ndcg_at_10'] - ref['ndcg_at_10']:+.4f}" if ref and name != "adapted" else "—"
-        ci = "—"
-        if ref and name != "adapted" and "per_query_ndcg_at_10" in r and "per_query_ndcg_at_10" in ref:
-            lo, hi = delta_interval(ref["per_query_ndcg_at_10"], r["per_query_ndcg_at_10"])
-            ci = f"[{lo:+.4f}, {hi:+.4f}]"
         loss = f"{r['first_loss']:.3f} → {r['last_loss']:.3f}" if "first_loss" in r else "—"
-        lines.append(f"| {name} | {r['train_rows']} | {r['train_steps']} | {r['ndcg_at_10']:.4f} | {delta} | {ci} | "
-                     f"{loss} | {r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} |")
+        lines.append(f"| {name} | {r['train_rows']} | {r['train_steps']} | {r['ndcg_at_10']:.4f} | {delta(r, 'untouched')} | "
+                     f"{delta(r, 'adapted')} | {loss} | {r['train_seconds'] / 60:.1f} | {r['eval_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -270,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="the run folder of `embedforge pipeline --config configs/adapt.yaml`")
     ap.add_argument("--out", type=Path, default=Path("/tmp/embedforge-adapt-ablations"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every variant (e.g. train.epochs=3); one --out holds one set")
     ap.add_argument("--only", default="", help="comma-separated variants (default: all, in table order)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     ap.add_argument("--table", action="store_true", help="print the table of finished variants and exit")
@@ -277,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     run, out = args.run.resolve(), args.out.resolve()
     (out / "results").mkdir(parents=True, exist_ok=True)
     if args.variant:
-        record = run_variant(args.variant, run, out)
+        record = run_variant(args.variant, run, out, args.set)
         (out / "results" / f"{args.variant}.json").write_text(json.dumps(record, indent=2))
         print(json.dumps({k: v for k, v in record.items() if k != "per_query_ndcg_at_10"}), flush=True)
         return 0
@@ -286,14 +301,18 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [v for v in wanted if v not in VARIANTS]
         if unknown:
             ap.error(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
+        recipe = out / "recipe.json"
+        if recipe.is_file() and json.loads(recipe.read_text()) != {"run": str(run), "set": args.set}:
+            raise SystemExit(f"{out} holds variants of {recipe.read_text()}; pass the same --run/--set or another --out")
+        recipe.write_text(json.dumps({"run": str(run), "set": args.set}))
         env = dict(os.environ, RAY_ADDRESS="local")
         for name in wanted:
             if (out / "results" / f"{name}.json").is_file():
                 print(f"[{name}] done already", flush=True)
                 continue
             print(f"[{name}] starting {time.strftime('%H:%M:%S')}", flush=True)
-            rc = subprocess.call([sys.executable, __file__, "--run", str(run), "--out", str(out), "--variant", name],
-                                 env=env, cwd=REPO)
+            cmd = [sys.executable, __file__, "--run", str(run), "--out", str(out), "--variant", name]
+            rc = subprocess.call(cmd + [f"--set={o}" for o in args.set], env=env, cwd=REPO)
             print(f"[{name}] exit {rc} {time.strftime('%H:%M:%S')}", flush=True)
     print(table(load_results(out)))
     return 0
