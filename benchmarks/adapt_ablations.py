@@ -152,6 +152,20 @@ def variant_config(name: str, run: Path, out: Path, model: str | None = None, co
     return load_config(CONFIG, overrides)
 
 
+def pipeline_trained(run: Path, cfg) -> tuple[dict, float] | None:
+    """(train summary, seconds) of the pipeline run's own model when it was trained with exactly ``cfg``'s
+    train section (its data aside: the same split), else None."""
+    from embedforge.config import load_config
+
+    summary, marker = run / "train" / "summary.json", run / "pipeline" / "train.done.json"
+    if not (summary.is_file() and marker.is_file() and (run / "config.yaml").is_file()):
+        return None
+    used = load_config(run / "config.yaml").train.model_dump(exclude={"data"})
+    if used != cfg.train.model_dump(exclude={"data"}):
+        return None
+    return json.loads(summary.read_text()), float(json.loads(marker.read_text())["seconds"])
+
+
 def run_variant(name: str, run: Path, out: Path, common: list[str]) -> dict:
     from embedforge.evaluate.runner import evaluate_model
     from embedforge.train.runner import train_model
@@ -161,7 +175,11 @@ def run_variant(name: str, run: Path, out: Path, common: list[str]) -> dict:
     if VARIANTS[name] is not None:
         cfg = variant_config(name, run, out, common=common)
         done = cfg.run.dir / "train" / "summary.json"
-        if done.is_file():
+        pipeline_model = pipeline_trained(run, cfg) if name == "adapted" else None
+        if pipeline_model is not None:  # the pipeline run trained exactly this: its model, not a second run
+            summary, record["train_seconds"] = pipeline_model
+            record["trained_by"] = "the pipeline run"
+        elif done.is_file():
             summary = json.loads(done.read_text())
             record["train_seconds"] = json.loads((done.parent / "wall.json").read_text())["seconds"]
         else:
@@ -181,7 +199,7 @@ def run_variant(name: str, run: Path, out: Path, common: list[str]) -> dict:
     record["eval_seconds"] = round(time.time() - t0, 1)
     record["model"] = cfg.model.backbone
     record["ndcg_at_10"] = float(next(iter(result.scores.values()))["SciFact"])
-    per_query = per_query_ndcg(out, name)
+    per_query = per_query_ndcg(cfg)
     if per_query is not None:
         record["per_query_ndcg_at_10"] = per_query
         record["per_query_mean"] = sum(per_query.values()) / len(per_query)
@@ -198,30 +216,36 @@ def read_scifact_test():
     return data["corpus"], data["queries"], data["relevant_docs"]
 
 
-def per_query_ndcg(out: Path, name: str) -> dict[str, float] | None:
-    """nDCG@10 per test query from the variant's embedding cache (one namespace per model + instruction:
-    the documents' and the queries' are found by looking their texts up); None when the cache does not
-    hold every text."""
+def per_query_ndcg(cfg) -> dict[str, float] | None:
+    """nDCG@10 per SciFact test query of ``cfg``'s model, from its evaluation's embedding cache (the
+    namespaces of exactly this model's fingerprint: documents uninstructed, queries with SciFact's
+    instruction when the model takes one); None when the cache does not hold every text."""
     import numpy as np
 
-    from embedforge.evaluate.cache import EmbeddingCache, text_hash
+    from embedforge.evaluate.cache import EmbeddingCache, namespace_key, text_hash
+    from embedforge.evaluate.runner import _paths, models_to_run
+    from embedforge.evaluate.wrapper import task_instruction
     from embedforge.formats import document_text
 
-    root = out / "runs" / name / "embedding_cache"
-    caches = [EmbeddingCache(root, d.name) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
+    _, root = _paths(cfg)
+    _, spec, instructed = models_to_run(cfg)[0]
+    fp = spec.fingerprint()
+    query_instruction = (task_instruction("SciFact", "Retrieval", "query", cfg.evaluate.task_instructions)
+                         if instructed else None)
+    doc_cache = EmbeddingCache(root, namespace_key(fp, None))
+    query_cache = EmbeddingCache(root, namespace_key(fp, query_instruction))
     corpus, queries, qrels = read_scifact_test()
     doc_ids, qids = list(corpus), list(queries)
 
-    def lookup(texts):
+    def lookup(cache, texts):
         keys = [text_hash(t) for t in texts]
-        for cache in caches:
-            found = cache.get_many(keys)
-            if len(found) == len(set(keys)):
-                return np.stack([found[k] for k in keys]).astype(np.float32)
-        return None
+        found = cache.get_many(keys)
+        if len(found) < len(set(keys)):
+            return None
+        return np.stack([found[k] for k in keys]).astype(np.float32)
 
-    docs = lookup([document_text(corpus[d]) for d in doc_ids])  # the text mteb hands the encoder
-    qv = lookup([queries[q] for q in qids])
+    docs = lookup(doc_cache, [document_text(corpus[d]) for d in doc_ids])  # the text mteb hands the encoder
+    qv = lookup(query_cache, [queries[q] for q in qids])
     if docs is None or qv is None:
         return None
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
