@@ -167,6 +167,7 @@ def pipeline_trained(run: Path, cfg) -> tuple[dict, float] | None:
 
 
 def run_variant(name: str, run: Path, out: Path, common: list[str]) -> dict:
+    from embedforge.config import with_values
     from embedforge.evaluate.runner import evaluate_model
     from embedforge.train.runner import train_model
 
@@ -194,6 +195,8 @@ def run_variant(name: str, run: Path, out: Path, common: list[str]) -> dict:
     else:
         record.update(train_rows=0, train_steps=0, train_seconds=0.0)
     cfg = variant_config(name, run, out, model, common)
+    if record.get("trained_by"):  # the pipeline run encoded this model already: its cache serves the evaluation
+        cfg = with_values(cfg, **{"evaluate.cache_dir": str(run / "embedding_cache")})
     t0 = time.time()
     result = evaluate_model(cfg)
     record["eval_seconds"] = round(time.time() - t0, 1)
