@@ -63,15 +63,12 @@ def pipeline_cfg(run: Path):
     return load_config(CONFIG, [f"run.output_dir={run.parent}", f"run.name={run.name}"])
 
 
-def rebuilt_consistency_rejects(run: Path, held_keys: set[str]) -> list[dict]:
+def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]) -> list[dict]:
     """The pairs the consistency filter rejected, rebuilt as training rows. Request ``corpus-<style>-<i>``
     was written for chunk ``sampler(i)`` (the run's seeded order; the style is in the id, so a style mix
     changed mid-run does not matter); its answer is re-validated with today's rules. Rows of held-out
-    documents are left out (the split's rule: whole documents)."""
-    import pyarrow.parquet as pq
-
+    documents are left out (the split's rule: whole documents). ``kept``: the run's kept rows."""
     from embedforge.generate.corpus import CorpusPlanner, load_chunks, style_of_id
-    from embedforge.generate.taxonomy import corpus_request
     from embedforge.generate.validation import Rejected, parse_corpus_answer
     from embedforge.schema import chunk_id_of
     from embedforge.split import is_heldout, split_key
@@ -79,18 +76,12 @@ def rebuilt_consistency_rejects(run: Path, held_keys: set[str]) -> list[dict]:
     cfg = pipeline_cfg(run)
     planner = CorpusPlanner(cfg.generate.corpus, load_chunks(cfg), cfg.run.seed)
 
-    def request_of(row_id: str, teacher: str) -> dict:
-        style = planner.styles[style_of_id(row_id)]
-        chunk = planner.chunks.chunks[planner.sampler(int(row_id.rsplit("-", 1)[1]))]
-        c = cfg.generate.corpus
-        return corpus_request(style, row_id, chunk.id, chunk.text, cfg.run.seed, language=c.language,
-                              instruction=planner.instruction(style.name), max_chars=c.max_chars,
-                              copy_ngram=c.copy_ngram)
+    def request_of(row_id: str) -> dict:
+        return planner.request(int(row_id.rsplit("-", 1)[1]), style_of_id(row_id))
 
     # The rebuild trusts that request i still maps to the chunk it was written for: check it on kept rows.
-    kept = [r for f in sorted((run / "data").glob("*.parquet")) for r in pq.read_table(f, columns=["id", "source"]).to_pylist()]
     for r in kept[:50]:
-        if json.loads(request_of(r["id"], "t")["values"])["chunk_id"] != chunk_id_of(r):
+        if json.loads(request_of(r["id"])["values"])["chunk_id"] != chunk_id_of(r):
             raise SystemExit(f"{r['id']}: the sampler maps it to another chunk than the run did "
                              "(corpus or chunking changed since): cannot rebuild the rejects")
     rows, seen = [], set()
@@ -101,7 +92,7 @@ def rebuilt_consistency_rejects(run: Path, held_keys: set[str]) -> list[dict]:
                 continue
             seen.add(rec["id"])
             try:
-                row = parse_corpus_answer(request_of(rec["id"], rec["teacher"]), rec["raw"], rec["teacher"], (0, 0))
+                row = parse_corpus_answer(request_of(rec["id"]), rec["raw"], rec["teacher"], (0, 0))
             except Rejected:
                 continue
             key = split_key(row)
@@ -127,11 +118,10 @@ def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     if name == "no_consistency":
         extra_dir = out / "data" / "consistency_rejects"
         if not (extra_dir / "rows.parquet").is_file():
-            train_rows = pq.read_table(train_dir / "rows.parquet").to_pylist()
-            all_rows = [r for f in sorted((run / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-            train_ids = {r["id"] for r in train_rows}
-            held_keys = {split_key(r) for r in all_rows if r["id"] not in train_ids}
-            rows = rebuilt_consistency_rejects(run, held_keys)
+            train_ids = set(pq.read_table(train_dir / "rows.parquet", columns=["id"]).column("id").to_pylist())
+            kept = [r for f in sorted((run / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+            held_keys = {split_key(r) for r in kept if r["id"] not in train_ids}
+            rows = rebuilt_consistency_rejects(run, kept, held_keys)
             extra_dir.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), extra_dir / "rows.parquet")
         sources.append({"path": str(extra_dir), "ratio": 1.0})
@@ -226,11 +216,11 @@ def per_query_ndcg(cfg) -> dict[str, float] | None:
     import numpy as np
 
     from embedforge.evaluate.cache import EmbeddingCache, namespace_key, text_hash
-    from embedforge.evaluate.runner import _paths, models_to_run
+    from embedforge.evaluate.runner import models_to_run, output_paths
     from embedforge.evaluate.wrapper import task_instruction
     from embedforge.formats import document_text
 
-    _, root = _paths(cfg)
+    _, root = output_paths(cfg)
     _, spec, instructed = models_to_run(cfg)[0]
     fp = spec.fingerprint()
     query_instruction = (task_instruction("SciFact", "Retrieval", "query", cfg.evaluate.task_instructions)

@@ -55,7 +55,7 @@ def build_tasks(ecfg) -> list:
     return [named_task(n) for n in ecfg.tasks] + [local_task(t) for t in ecfg.local_tasks]
 
 
-def _paths(cfg) -> tuple[Path, str | None]:
+def output_paths(cfg) -> tuple[Path, str | None]:
     ecfg = cfg.evaluate
     out = Path(ecfg.output_dir) if ecfg.output_dir else cfg.run.dir / "evaluate"
     if ecfg.cache_dir is None:
@@ -90,7 +90,7 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
 
 def evaluate_model(cfg) -> EvaluateResult:
     ecfg = cfg.evaluate
-    out_dir, cache_dir = _paths(cfg)
+    out_dir, cache_dir = output_paths(cfg)
     tasks = build_tasks(ecfg)
     runs = models_to_run(cfg)
     for _label, spec, _ in runs:

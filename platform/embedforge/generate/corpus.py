@@ -283,19 +283,25 @@ class CorpusPlanner:
     def instruction(self, style: str) -> str:
         return self.cfg.instructions.get(style, self.styles[style].instruction)
 
+    def request(self, index: int, style_name: str) -> dict:
+        """Request ``index`` in style ``style_name``: the prompt for its chunk (the seeded sampler's
+        ``index``-th), without teacher or token limit. Also rebuilds a past request from its id."""
+        from embedforge.generate.taxonomy import corpus_request
+
+        style = self.styles[style_name]
+        chunk = self.chunks.chunks[self.sampler(index)]
+        return corpus_request(style, corpus_row_id(style.name, index), chunk.id, chunk.text, self.run_seed,
+                              language=self.cfg.language, instruction=self.instruction(style.name),
+                              max_chars=self.cfg.max_chars, copy_ngram=self.cfg.copy_ngram)
+
     def requests(self, start: int, count: int, teacher_weights: dict[str, float]) -> list[dict]:
-        from embedforge.generate.taxonomy import choose_teacher, corpus_request, style_sequence
+        from embedforge.generate.taxonomy import choose_teacher, style_sequence
 
         sequence = style_sequence(self.cfg.styles, start + count)
         out = []
         for index in range(start, start + count):
-            style = self.styles[sequence[index]]
-            rid = corpus_row_id(style.name, index)
-            chunk = self.chunks.chunks[self.sampler(index)]
-            req = corpus_request(style, rid, chunk.id, chunk.text, self.run_seed, language=self.cfg.language,
-                                 instruction=self.instruction(style.name), max_chars=self.cfg.max_chars,
-                                 copy_ngram=self.cfg.copy_ngram)
-            req["teacher"] = choose_teacher(self.run_seed, rid, teacher_weights)
+            req = self.request(index, sequence[index])
+            req["teacher"] = choose_teacher(self.run_seed, req["id"], teacher_weights)
             req["max_tokens"] = self.cfg.max_tokens
             out.append(req)
         return out

@@ -212,16 +212,16 @@ def validate_corpus_query(text: str, style: CorpusStyle, passage: str, copy_ngra
 # A search query stands alone: one that points at the text it was written from ("This passage provides
 # evidence …", "the above abstract", a "<Title of the passage>" placeholder) was common among
 # SmolLM2-135M's SciFact queries and matches no real user's query.
+_CHUNK_NOUNS = r"(?:passage|text|excerpt|paragraph|abstract|article|document|chunk)"
 REFERS_TO_CHUNK = re.compile(
-    r"\b(?:this|the|given|above|following|provided)\s+(?:passage|text|excerpt|paragraph|abstract|article|"
-    r"document|chunk)\b|<[^<>]{1,60}>", re.IGNORECASE)
+    r"\b(?:this|the|given|above|following|provided)\s+" + _CHUNK_NOUNS + r"\b|<[^<>]{1,60}>", re.IGNORECASE)
 # ... but a statement wrapped in such a lead-in ("This passage supports the claim that X", "The passage
 # suggests that X": a quarter of SmolLM2-135M's SciFact claims) is X: the lead-in, up to its "that" or
 # colon after at most six reporting words ("supports", "evidence", "the claim", ...), is cut and what
 # follows is checked like any answer. (Any word would also cut "The passage supports signalling that
 # is achieved ..." at its relative "that".)
 LEADING_POINTER = re.compile(
-    r"^(?:this|the|given|above)\s+(?:passage|text|excerpt|paragraph|abstract|article|document|chunk)"
+    r"^(?:this|the|given|above)\s+" + _CHUNK_NOUNS +
     r"(?:\s+(?:supports?|provides?|evidence|to|for|of|the|a|an|claim|finding|suggests?|shows?|indicates?|"
     r"reveals?|states?|says|mentions?|mentioned|describes?|demonstrates?|argues?|notes?|reports?|highlights?|"
     r"concludes?|found)){0,6}?(?:\s+that\s+|\s*:\s*)", re.IGNORECASE)
