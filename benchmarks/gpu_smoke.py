@@ -37,21 +37,10 @@ TEXTS = ["A man is playing a guitar.", "A woman slices an onion.", "Stock market
 
 
 def build_random_llama(out: Path) -> Path:
-    """A 2-layer random Llama (hidden 64) with a real tokenizer, saved as a Hugging Face directory."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
+    """A 2-layer random Llama (hidden 64) with the character-level test tokenizer, saved as a Hugging Face directory."""
+    from embedforge.testing import save_tiny_model
 
-    from embedforge.testing import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    LlamaModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_model(out, "llama", hidden_size=64, layers=2)
 
 
 def write_pairs(path: Path, n: int = 24) -> Path:

@@ -1,6 +1,7 @@
 """Helpers for tests and benchmarks only; no product module imports this package.
 
-Here: tiny random models and a tokenizer built in memory, for unit tests that need no real weights.
+Here: tiny random models and a tokenizer built in memory (or saved as a Hugging Face directory), for
+tests that need no real weights.
 Beside it: ``fault_proxy`` (an HTTP proxy injecting 429 / 500 / hangs in front of a teacher) and
 ``loadgen`` (a loopback-only load generator for ``/v1/embeddings``, used by the benchmarks).
 """
@@ -54,3 +55,14 @@ def tiny_model(arch: str = "llama", hidden_size: int = 32, layers: int = 2, seed
     torch.manual_seed(seed)
     model = AutoModel.from_config(cfg)
     return model.eval()
+
+
+def save_tiny_model(out, arch: str = "llama", hidden_size: int = 64, layers: int = 2, seed: int = 0):
+    """``tiny_model`` and ``tiny_tokenizer`` saved as a Hugging Face directory (a backbone path jobs and
+    Ray workers load like any other); returns the directory."""
+    from pathlib import Path
+
+    out = Path(out)
+    tiny_model(arch, hidden_size=hidden_size, layers=layers, seed=seed).save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
+    return out
