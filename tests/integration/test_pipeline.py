@@ -84,9 +84,9 @@ def stsb_sample(out: Path, shared_data: Path) -> Path:
     return folder
 
 
-# 12 of the quick start's 30 steps (same lr 2e-3, warmup and batch) to keep CI near an hour: with 30
-# this test took 1,846 s of a full suite run here, with 12 1,225 s (train stage 559 s: start-up, ZeRO-3
-# and the S3 copies dominate). The full 30 steps are the quick start's and docs/pipeline.md's figures.
+# 12 of the quick start's 30 steps (same lr 2e-3, warmup and batch) to keep CI near an hour. In a full
+# suite run here this test took 1,846 s with 30 steps; with 12 it took 1,225 s (its train stage 559 s,
+# not broken down further). The full 30 steps are the quick start's and docs/pipeline.md's figures.
 TEST_STEPS = "train.max_steps=12"
 
 

@@ -72,13 +72,11 @@ def test_mining_embeds_queries_as_training_will(monkeypatch, tiny_tokenizer, ins
     assert all(len(n) == 1 and n[0] != p for n, p in zip(mined["negatives"], mined["positive"], strict=True))
 
 
-def test_evaluation_uses_instructions_only_when_the_model_has_them(tmp_path, tiny_tokenizer):
+def test_evaluation_uses_instructions_only_when_the_model_has_them(tmp_path):
     from embedforge.evaluate.runner import models_to_run
-    from embedforge.testing import tiny_model
+    from embedforge.testing import save_tiny_model
 
-    d = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
+    d = save_tiny_model(tmp_path / "tiny")
     baselines = f"evaluate.baselines={{b: {{model: {d}, instructions: true}}}}"
     on = load_config(None, [f"model.backbone={d}", baselines])
     off = load_config(None, [f"model.backbone={d}", "model.instructions=false", baselines])
@@ -90,17 +88,15 @@ def test_evaluation_uses_instructions_only_when_the_model_has_them(tmp_path, tin
         load_config(None, ["evaluate.use_instructions=false"])
 
 
-def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path, tiny_tokenizer):
+def test_wrapper_without_instructions_encodes_sts_plainly(tmp_path):
     import mteb
     from mteb._create_dataloaders import _create_dataloader_from_texts
 
     from embedforge.evaluate.spec import ModelSpec
     from embedforge.evaluate.wrapper import EmbedforgeModel
-    from embedforge.testing import tiny_model
+    from embedforge.testing import save_tiny_model
 
-    d = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
+    d = save_tiny_model(tmp_path / "tiny")
     spec = ModelSpec(backbone=str(d), max_length=32)
     texts = ["a man plays a flute", "a plane takes off"]
     meta = mteb.get_task("STSBenchmark").metadata

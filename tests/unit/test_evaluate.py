@@ -142,11 +142,10 @@ def test_length_sorted_rows_keep_ids():
 
 
 @pytest.fixture
-def tiny_model_dir(tmp_path, tiny_llama, tiny_tokenizer):
-    d = tmp_path / "tiny"
-    tiny_llama.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return str(d)
+def tiny_model_dir(tmp_path):
+    from embedforge.testing import save_tiny_model
+
+    return str(save_tiny_model(tmp_path / "tiny"))
 
 
 def test_wrapper_applies_instructions_and_caches(tmp_path, tiny_model_dir):

@@ -13,7 +13,7 @@ import torch
 from embedforge.config.train import LoraSettings
 from embedforge.encoder import Encoder
 from embedforge.models import load_backbone
-from embedforge.testing import tiny_model, tiny_tokenizer
+from embedforge.testing import save_tiny_model, tiny_model, tiny_tokenizer
 from embedforge.train.export import ExportPlan, export_trained_model
 from embedforge.train.model import (
     add_lora,
@@ -117,8 +117,7 @@ def test_run_fails_before_ray_when_a_lora_target_is_absent(tmp_path):
     from embedforge.config import load_config
     from embedforge.train.runner import train_model
 
-    tiny_model("llama").save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    save_tiny_model(tmp_path / "base")
     cfg = load_config(None, [f"model.backbone={tmp_path / 'base'}", f"run.output_dir={tmp_path}",
                              "train.lora.target_modules=[c_attn]"])
     with pytest.raises(ValueError, match=r"train\.lora\.target_modules.*c_attn"):

@@ -57,7 +57,7 @@ def tiny_model(arch: str = "llama", hidden_size: int = 32, layers: int = 2, seed
     return model.eval()
 
 
-def save_tiny_model(out, arch: str = "llama", hidden_size: int = 64, layers: int = 2, seed: int = 0):
+def save_tiny_model(out, arch: str = "llama", hidden_size: int = 32, layers: int = 2, seed: int = 0):
     """``tiny_model`` and ``tiny_tokenizer`` saved as a Hugging Face directory (a backbone path jobs and
     Ray workers load like any other); returns the directory."""
     from pathlib import Path
