@@ -1,9 +1,12 @@
 """The train stage as users run it: `ray job submit -- python jobs/train.py` on a local cluster,
-2 CPU workers, SmolLM2-135M, DeepSpeed ZeRO-3 over gloo, a few steps on short sequences.
+2 CPU workers, DeepSpeed ZeRO-3 over gloo, LoRA on a random two-layer Llama saved as a backbone folder
+(the code path of any Hugging Face backbone; SmolLM2 itself trains in the pipeline test, which is why
+this one can afford to be about resuming).
 
-The driver is killed (`ray job stop`) after the first checkpoint; rerunning the same command resumes
-from it and finishes, writing the adapter, the merged model, a sentence-transformers directory that
-encodes like the platform's Encoder, metrics and a loss curve.
+The driver is killed (`ray job stop`) after the first checkpoint, while steps are still to run;
+rerunning the same command resumes from the last registered checkpoint and finishes, writing the
+adapter, the merged model, a sentence-transformers directory that encodes like the platform's
+Encoder, metrics and a loss curve.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# Three steps, a checkpoint after the second: enough to kill a run between checkpoints and resume it.
-# Batches of 8 so the 24 rows below give 3 steps in one epoch (the tiny config's 32 would give 2).
-SHORT_RUN = ["train.max_steps=3", "train.epochs=1", "train.checkpoint_every=2", "train.warmup_steps=0", "train.lr=1e-4",
-             "train.global_batch_size=8", "train.chunk_size=4"]
+# A checkpoint every 2 of 16 steps (batches of 8; the 24 rows below give ~3 a epoch): a random
+# two-layer model runs a step in well under a second, so the run must still have many steps to go when
+# `ray job stop` lands after the first checkpoint (with 3 steps it had finished by then).
+MAX_STEPS, CHECKPOINT_EVERY = 16, 2
+SHORT_RUN = [f"train.max_steps={MAX_STEPS}", "train.epochs=8", f"train.checkpoint_every={CHECKPOINT_EVERY}",
+             "train.warmup_steps=0", "train.lr=1e-4", "train.global_batch_size=8", "train.chunk_size=4"]
 TOPICS = ["cats", "rivers", "stocks", "music", "bread", "rockets", "trees", "chess", "rain", "coffee", "glass", "maps"]
 
 
@@ -51,11 +56,17 @@ def _ray(args, env, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def submit_args(cluster, out: Path, data: Path, submission_id: str, wait: bool) -> list[str]:
+def submit_args(cluster, out: Path, data: Path, backbone: Path, submission_id: str, wait: bool) -> list[str]:
     return ["job", "submit", "--address", cluster["dashboard"], "--submission-id", submission_id,
             *([] if wait else ["--no-wait"]), "--working-dir", ".", "--",
             "python", "jobs/train.py", "--config", "configs/tiny.yaml", f"run.output_dir={out}",
-            f"train.data=[{{path: {data}}}]", *SHORT_RUN]
+            f"model.backbone={backbone}", f"train.data=[{{path: {data}}}]", *SHORT_RUN]
+
+
+def random_backbone(folder: Path) -> Path:
+    from embedforge.testing import save_tiny_model
+
+    return save_tiny_model(folder / "backbone")
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -82,8 +93,9 @@ def resumed_run(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("train_job")
     data, out = root / "data", root / "out"
     write_rows(data)
+    backbone = random_backbone(root)
     first = f"train-{uuid.uuid4().hex[:8]}"
-    r = _ray(submit_args(ray_cluster, out, data, first, wait=False), ray_cluster["env"])
+    r = _ray(submit_args(ray_cluster, out, data, backbone, first, wait=False), ray_cluster["env"])
     assert r.returncode == 0, r.stderr[-3000:]
     ckpts = out / "tiny" / "ray_train" / "tiny-train"
     try:
@@ -91,23 +103,34 @@ def resumed_run(ray_cluster, tmp_path_factory):
     finally:
         _ray(["job", "stop", "--address", ray_cluster["dashboard"], first], ray_cluster["env"], timeout=120)
     # The driver is gone before it finished: no outputs yet.
-    assert not (out / "tiny" / "train" / "adapter").exists()
-    rerun = _ray(submit_args(ray_cluster, out, data, f"train-{uuid.uuid4().hex[:8]}", wait=True), ray_cluster["env"])
+    assert not (out / "tiny" / "train" / "adapter").exists(), "the first run finished before `ray job stop` landed"
+    rerun = _ray(submit_args(ray_cluster, out, data, backbone, f"train-{uuid.uuid4().hex[:8]}", wait=True),
+                 ray_cluster["env"])
     logs = rerun.stdout[-6000:] + rerun.stderr[-3000:]
     assert rerun.returncode == 0, logs
-    return out / "tiny" / "train", out
+    return out / "tiny" / "train", out, backbone
 
 
 def test_rerun_after_driver_kill_resumes_from_the_checkpoint(resumed_run):
-    train_dir, out = resumed_run
+    train_dir, out, _ = resumed_run
     rows = metrics(out)
-    assert [m["step"] for m in rows if m["resumed_from"] == 0][:2] == [1, 2]
+    first_run = [m["step"] for m in rows if m["resumed_from"] == 0]
+    assert first_run[:2] == [1, 2] and max(first_run) < MAX_STEPS
     resumed = [m for m in rows if m["resumed_from"] > 0]
-    assert resumed and resumed[0]["resumed_from"] == 2 and resumed[0]["step"] == 3
+    # resumed from a checkpoint the first run registered, and went on from the step after it
+    start = resumed[0]["resumed_from"]
+    assert 2 <= start <= max(first_run) and start % CHECKPOINT_EVERY == 0
+    assert [m["step"] for m in resumed] == list(range(start + 1, MAX_STEPS + 1))
+    # The steps the first run took past that checkpoint are retaken on the same batches from the same
+    # state: the same losses (seen here: killed at step 4, resumed from 2, step 3 and 4 losses equal).
+    first_loss = {m["step"]: m["loss"] for m in rows if m["resumed_from"] == 0}
+    for m in resumed:
+        if m["step"] in first_loss:
+            assert m["loss"] == pytest.approx(first_loss[m["step"]], rel=1e-4), (m, first_loss)
     assert all(np.isfinite(m["loss"]) and m["tokens_per_s"] > 0 and m["grad_norm"] > 0 for m in rows)
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["sources"][0] == {"path": summary["sources"][0]["path"], "rows": 25, "valid": 24}
-    assert summary["total_steps"] == 3
+    assert summary["total_steps"] == MAX_STEPS
     # Merging and the sentence-transformers export ran in their own Ray task, after the worker group.
     assert summary["exported_by"] and summary["merged"].endswith("merged")
     ckpt = Path(summary["checkpoint"])
@@ -116,18 +139,18 @@ def test_rerun_after_driver_kill_resumes_from_the_checkpoint(resumed_run):
     assert (train_dir / "loss_curve.png").stat().st_size > 1000
 
 
-def test_outputs_load_and_sentence_transformers_matches_encoder(resumed_run, smollm2_dir):
+def test_outputs_load_and_sentence_transformers_matches_encoder(resumed_run):
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
 
     from embedforge.encoder import Encoder
     from embedforge.models import load_backbone
 
-    train_dir, _ = resumed_run
+    train_dir, _, backbone = resumed_run
     adapter = load_file(train_dir / "adapter" / "adapter_model.safetensors")
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     assert any(t.abs().max() > 0 for k, t in adapter.items() if "lora_B" in k)  # B moved off its zero init
-    model, tok = load_backbone(smollm2_dir, adapter=str(train_dir / "adapter"))
+    model, tok = load_backbone(str(backbone), adapter=str(train_dir / "adapter"))
     enc = Encoder(model, tok, max_length=64)
     texts = ["A cat sits on the mat.", "Stock markets fell sharply today."]
     st = SentenceTransformer(str(train_dir / "sentence_transformers"), device="cpu")
@@ -142,8 +165,8 @@ def test_outputs_load_and_sentence_transformers_matches_encoder(resumed_run, smo
 @pytest.mark.slow
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     """Kill one Ray Train worker process after the first checkpoint: Ray restarts the worker group
-    from that checkpoint (FailureConfig.max_failures) and the run finishes (~3 min idle on 2 cores,
-    338 s in CI's conditions). Left out of CI (slow) to keep it near an hour: resuming from a checkpoint
+    from that checkpoint (FailureConfig.max_failures) and the run finishes (with SmolLM2 and 3 steps it
+    took ~3 min idle on 2 cores, 338 s in CI's conditions). Left out of CI (slow) to keep it near an hour: resuming from a checkpoint
     is covered there by the driver-kill test above; this one adds Ray Train's own worker restart."""
     import os
     import signal
@@ -153,7 +176,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     write_rows(data)
     job = f"train-kill-{uuid.uuid4().hex[:8]}"
-    r = _ray(submit_args(ray_cluster, out, data, job, wait=False), ray_cluster["env"])
+    r = _ray(submit_args(ray_cluster, out, data, random_backbone(tmp_path), job, wait=False), ray_cluster["env"])
     assert r.returncode == 0, r.stderr[-3000:]
     ckpts = out / "tiny" / "ray_train" / "tiny-train"
     wait_for(lambda: checkpoint_registered(ckpts), 1200, "the first checkpoint")
@@ -168,6 +191,6 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, tmp_path):
     wait_for(lambda: jobs.get_job_status(job).is_terminal(), 900, "the job to finish")
     assert jobs.get_job_status(job) == JobStatus.SUCCEEDED, jobs.get_job_logs(job)[-3000:]
     rows = metrics(out)
-    assert max(m["step"] for m in rows) == 3
+    assert max(m["step"] for m in rows) == MAX_STEPS
     assert any(m["resumed_from"] >= 2 for m in rows), "the restarted group did not resume from a checkpoint"
     assert (out / "tiny" / "train" / "adapter" / "adapter_model.safetensors").is_file()
