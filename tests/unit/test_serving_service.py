@@ -311,3 +311,36 @@ def test_fuzzed_bodies_never_get_a_5xx_and_errors_keep_the_openai_shape(client, 
     assert r.status_code < 500, (body, r.text)
     if r.status_code != 200:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_every_forward_pass_runs_on_the_one_model_thread(encoder):
+    """Batches and health checks alike run on ``model_thread``'s single thread (torch's thread count is
+    per calling thread: a forward pass on any other thread would run at the environment's count)."""
+    import asyncio
+    import threading
+
+    client, service = make_client(encoder)
+    seen = []
+    encode_ids, encode = service.encoder.encode_ids, service.encoder.encode
+    service.encoder.encode_ids = lambda *a, **k: seen.append(threading.current_thread().name) or encode_ids(*a, **k)
+    service.encoder.encode = lambda *a, **k: seen.append(threading.current_thread().name) or encode(*a, **k)
+    for n in (1, 3, 16):
+        assert embed(client, input=[f"text {i}" for i in range(n)]).status_code == 200
+    asyncio.run(service.check_health())
+    assert client.get("/v1/ready").status_code == 200
+    assert len(seen) >= 5 and set(seen) == {"embedforge-model_0"}, seen
+
+
+def test_the_model_thread_sets_its_own_torch_thread_count():
+    import torch
+
+    from embedforge.serving.service import model_thread
+
+    before = torch.get_num_threads()
+    pool = model_thread(3)
+    try:
+        assert pool.submit(torch.get_num_threads).result() == 3
+        assert pool._max_workers == 1
+    finally:
+        pool.shutdown()
+        torch.set_num_threads(before)

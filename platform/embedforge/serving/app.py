@@ -8,7 +8,6 @@ turns the YAML's ``args`` into that config first. Only the ``model`` and ``serve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -46,15 +45,17 @@ class EmbeddingDeployment:
         from embedforge.config.shared import ModelConfig
         from embedforge.embedders import load_embedder
         from embedforge.serving.metrics import RayMetrics
-        from embedforge.serving.service import EmbeddingService
+        from embedforge.serving.service import EmbeddingService, model_thread
 
         # A replica gets the two sections it reads, not the root config (which stays with the driver).
         model_cfg, serve_cfg = ModelConfig.model_validate(model), ServeConfig.model_validate(serve_settings)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (a scheduling hint, often fractional or 1), so
-        # torch would use one core; the model should use the cores this process may really run on.
+        # torch would use one core; the model should use the cores this process may really run on. The
+        # count is per calling thread: this one (loading) and the model thread (every forward pass).
         from embedforge.ray_utils import usable_cpus
 
-        torch.set_num_threads(serve_cfg.torch_threads or usable_cpus())
+        threads = serve_cfg.torch_threads or usable_cpus()
+        torch.set_num_threads(threads)
         self.serve_cfg = serve_cfg
         self.encoder = load_embedder(model_cfg)
         self.batch_tokens = min(model_cfg.batch_tokens, serve_cfg.max_batch_tokens)
@@ -64,7 +65,7 @@ class EmbeddingDeployment:
         self._encode_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         self.service = EmbeddingService(self.encoder, name, serve_cfg, key_digests,
                                         encode_chunk=self._encode_batch, metrics=self.metrics,
-                                        instructions=model_cfg.instructions)
+                                        instructions=model_cfg.instructions, model_executor=model_thread(threads))
         if key_digests:
             log.info("serving %s (dim %d, max_length %d, auth on)", name, self.encoder.dim, self.encoder.max_length)
         else:
@@ -79,9 +80,10 @@ class EmbeddingDeployment:
     @serve.batch(max_batch_size=16384, batch_wait_timeout_s=0.005, batch_size_fn=padded_tokens)
     async def _encode_batch(self, chunks: list[list[list[int]]]):
         self.metrics.record_batch(sum(len(c) for c in chunks), padded_tokens(chunks))
-        # The forward pass runs in a thread so the replica keeps accepting requests (and the next batch fills).
-        return await asyncio.to_thread(encode_chunks, self.encoder, chunks, self.batch_tokens,
-                                       self.serve_cfg.forward_overhead_tokens)
+        # The forward pass runs on the model thread so the replica keeps accepting requests (and the next
+        # batch fills) while it runs.
+        return await self.service.run_model(encode_chunks, self.encoder, chunks, self.batch_tokens,
+                                            self.serve_cfg.forward_overhead_tokens)
 
     async def check_health(self) -> None:
         await self.service.check_health(timeout_s=self.serve_cfg.health_check_timeout_s)

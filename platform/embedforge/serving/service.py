@@ -10,10 +10,12 @@ with the model's length limit, token-budget chunks handed to an ``encode_chunk``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -64,10 +66,26 @@ def encode_chunks(encoder, chunks: Sequence[Sequence[Sequence[int]]], batch_toke
     return out
 
 
+def model_thread(num_threads: int) -> ThreadPoolExecutor:
+    """The one thread a server runs every forward pass on, with ``num_threads`` torch threads.
+
+    Why one thread of its own: under OpenMP, torch's thread count belongs to the calling thread. Ray
+    starts a replica with ``OMP_NUM_THREADS`` = its ``num_cpus`` (1 in the CPU configs), so
+    ``torch.set_num_threads`` in the replica's ``__init__`` sets the main thread's count only; forward
+    passes sent to ``asyncio.to_thread`` ran on one core while ``torch.get_num_threads()`` said 2
+    (the replica at 128 % CPU of 200 % under load, MiniLM at the one-thread rate: docs/serve.md). This
+    thread sets its own count when it starts, and forward passes never overlap on separate thread teams.
+    """
+    import torch
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedforge-model",
+                              initializer=torch.set_num_threads, initargs=(num_threads,))
+
+
 class EmbeddingService:
     def __init__(self, encoder, model_name: str, serve_cfg, key_digests: Sequence[str] = (),
                  encode_chunk: EncodeChunk | None = None, metrics: CountingMetrics | None = None,
-                 instructions: bool = True):
+                 instructions: bool = True, model_executor: Executor | None = None):
         self.encoder = encoder
         # False for a model trained without instructions (``model.instructions: false``): a query
         # prompt it never saw would only move its vectors, so requests asking for one are refused.
@@ -86,7 +104,12 @@ class EmbeddingService:
         self.budget = int(serve_cfg.max_batch_tokens)
         self.created = int(time.time())
         self.encode_chunk = encode_chunk or self._encode_chunk_in_thread
-        self._lock = asyncio.Lock()
+        if model_executor is None:
+            import torch
+
+            model_executor = model_thread(torch.get_num_threads())
+        # Every forward pass (batches and health checks) runs here, one at a time (``model_thread``).
+        self.model_executor = model_executor
         self.max_input_chars = serve_cfg.max_input_chars or MAX_CHARS_PER_TOKEN * self.max_length
         # The last periodic health check's failure (Ray Serve runs ``check_health``); /health reports it
         # without doing model work itself.
@@ -96,10 +119,13 @@ class EmbeddingService:
     def auth_required(self) -> bool:
         return bool(self.key_digests)
 
+    async def run_model(self, fn, *args):
+        """``fn(*args)`` on the model thread, awaited without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.model_executor, functools.partial(fn, *args))
+
     async def _encode_chunk_in_thread(self, chunk: list[list[int]]) -> np.ndarray:
-        async with self._lock:
-            return (await asyncio.to_thread(encode_chunks, self.encoder, [chunk], self.budget,
-                                            self.cfg.forward_overhead_tokens))[0]
+        return (await self.run_model(encode_chunks, self.encoder, [chunk], self.budget,
+                                     self.cfg.forward_overhead_tokens))[0]
 
     # -- request -> token sequences -------------------------------------------------------------
     def resolve_instruction(self, req: EmbeddingRequest) -> str | None:
@@ -196,8 +222,7 @@ class EmbeddingService:
         """A real tiny encode (bypassing the batch queue); raises when the model cannot embed. Ray Serve
         calls it every ``serve.health_check_period_s``; its outcome is what ``/health`` reports."""
         try:
-            vec = await asyncio.wait_for(
-                asyncio.to_thread(self.encoder.encode, [HEALTH_TEXT], None, None, False), timeout_s)
+            vec = await asyncio.wait_for(self.run_model(self.encoder.encode, [HEALTH_TEXT], None, None, False), timeout_s)
             if vec.shape != (1, self.dim) or not np.all(np.isfinite(vec)):
                 raise RuntimeError(f"health encode returned shape {vec.shape} with non-finite values")
             if self.encoder.normalize and not math.isclose(float(np.linalg.norm(vec)), 1.0, abs_tol=1e-3):
