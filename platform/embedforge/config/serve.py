@@ -52,7 +52,7 @@ class ServeConfig(Section):
     admin_host: str = "127.0.0.1"
     # OpenAI allows 2048 inputs per request.
     max_inputs: int = Field(2048, ge=1)
-    # Padded tokens (rows x longest row) one @serve.batch call may hold across concurrent requests;
+    # Padded tokens (rows x longest row) one batch may hold across concurrent requests;
     # must be at least model.max_length so any single input fits.
     max_batch_tokens: int = Field(16384, ge=2)
     batch_wait_timeout_s: float = Field(0.005, ge=0)

@@ -14,8 +14,7 @@ import os
 from ray import serve
 from ray.serve import Application
 
-from embedforge.serving.batching import padded_tokens
-from embedforge.serving.service import create_app, encode_chunks
+from embedforge.serving.service import create_app
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +57,11 @@ class EmbeddingDeployment:
         torch.set_num_threads(threads)
         self.serve_cfg = serve_cfg
         self.encoder = load_embedder(model_cfg)
-        self.batch_tokens = min(model_cfg.batch_tokens, serve_cfg.max_batch_tokens)
         name = serve_cfg.model_name or default_model_name(model_cfg.backbone)
         self.metrics = RayMetrics(name)
-        self._encode_batch.set_max_batch_size(serve_cfg.max_batch_tokens)
-        self._encode_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         self.service = EmbeddingService(self.encoder, name, serve_cfg, key_digests,
-                                        encode_chunk=self._encode_batch, metrics=self.metrics,
-                                        instructions=model_cfg.instructions, model_executor=model_thread(threads))
+                                        metrics=self.metrics, instructions=model_cfg.instructions,
+                                        model_executor=model_thread(threads))
         if key_digests:
             log.info("serving %s (dim %d, max_length %d, auth on)", name, self.encoder.dim, self.encoder.max_length)
         else:
@@ -74,16 +70,6 @@ class EmbeddingDeployment:
 
     def __serve_build_asgi_app__(self):
         return create_app(self.service)
-
-    # max_batch_size is the padded-token budget (set from config in __init__); each item is one
-    # request's chunk, sized by padded_tokens so a batch never exceeds the budget.
-    @serve.batch(max_batch_size=16384, batch_wait_timeout_s=0.005, batch_size_fn=padded_tokens)
-    async def _encode_batch(self, chunks: list[list[list[int]]]):
-        self.metrics.record_batch(sum(len(c) for c in chunks), padded_tokens(chunks))
-        # The forward pass runs on the model thread so the replica keeps accepting requests (and the next
-        # batch fills) while it runs.
-        return await self.service.run_model(encode_chunks, self.encoder, chunks, self.batch_tokens,
-                                            self.serve_cfg.forward_overhead_tokens)
 
     async def check_health(self) -> None:
         await self.service.check_health(timeout_s=self.serve_cfg.health_check_timeout_s)

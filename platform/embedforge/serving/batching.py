@@ -1,20 +1,22 @@
-"""Token-budget batching across concurrent requests (pure parts; Ray's ``@serve.batch`` does the queueing).
+"""Token-budget batching across concurrent requests: ``ForwardQueue`` and its pure parts.
 
-A request's token sequences enter the batch queue as chunks, each within the budget on its own.
-``padded_tokens`` is the ``batch_size_fn`` given to ``@serve.batch`` with ``max_batch_size`` set to
-the budget, so a batch (of chunks from many requests) never exceeds ``max_batch_tokens`` padded
-tokens: rows x longest row, the size of the one forward pass that would hold them all.
+A request's token sequences enter the queue as chunks, each within the budget on its own. A batch (of
+chunks from many requests) never exceeds ``max_batch_tokens`` padded tokens (``padded_tokens``: rows x
+longest row, the size of the one forward pass that would hold them all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 from embedforge.encoder import token_budget_batches
 
+Chunk = Sequence[Sequence[int]]
+
 
 def padded_tokens(chunks: Sequence[Sequence[Sequence[int]]]) -> int:
-    """Rows x longest row over every sequence of every chunk (the ``batch_size_fn``)."""
+    """Rows x longest row over every sequence of every chunk."""
     rows = 0
     longest = 0
     for chunk in chunks:
@@ -45,7 +47,7 @@ def forward_groups(lengths: Sequence[int], budget: int, overhead_tokens: int) ->
     several passes removes most of that padding but each pass has a fixed cost (kernel launches,
     Python, thread sync), expressed here in token-equivalents. A dynamic programme over the runs of
     equal length (an optimal cut never splits one), so it costs O(distinct lengths^2), not O(rows^2):
-    exact when the budget holds the whole batch (as in a replica, where ``@serve.batch`` enforces
+    exact when the budget holds the whole batch (as in a replica, where ``ForwardQueue`` enforces
     it); otherwise a group over the budget is cut into budget-sized passes of its widest row.
     Every pass stays within ``budget`` padded tokens. Returns index groups, longest rows first.
     """
@@ -89,3 +91,59 @@ def forward_groups(lengths: Sequence[int], budget: int, overhead_tokens: int) ->
         per_pass = budget // runs[i][0]
         groups.extend(order[s:min(s + per_pass, hi)] for s in range(lo, hi, per_pass))
     return groups
+
+
+class ForwardQueue:
+    """Chunks of concurrent requests, encoded in batches cut when the model is free.
+
+    ``encode(chunk)`` waits for its chunk's vectors. While a forward pass runs, chunks wait; when it
+    ends, the next batch takes every waiting chunk, oldest first, within ``max_batch_tokens`` padded
+    tokens. ``wait_s``: after an idle spell, how long the first batch waits for company.
+
+    Why not Ray Serve's ``@serve.batch``: it cuts each batch within its timeout of the batch's first
+    item and then queues the cut batches behind ``max_concurrent_batches``, so under load a batch held
+    what arrived in one timeout window, not what waited for the model (measured in a replica, 2-core
+    Xeon, 8 concurrent clients: 1.0 request per batch while 6.9 requests waited for vectors).
+    """
+
+    def __init__(self, encode_batch: Callable[[list[Chunk]], Awaitable[Sequence]], max_batch_tokens: int,
+                 wait_s: float = 0.0):
+        self._encode_batch = encode_batch
+        self.max_batch_tokens = max_batch_tokens
+        self.wait_s = wait_s
+        self._waiting: list[tuple[Chunk, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+
+    async def encode(self, chunk: Chunk):
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((chunk, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run())
+        return await future
+
+    def take_batch(self) -> list[tuple[Chunk, asyncio.Future]]:
+        """The oldest waiting chunks that fit the budget together (at least one; cancelled ones dropped)."""
+        self._waiting = [(c, f) for c, f in self._waiting if not f.done()]
+        batch: list[tuple[Chunk, asyncio.Future]] = []
+        while self._waiting and (not batch or padded_tokens([c for c, _ in batch] + [self._waiting[0][0]])
+                                 <= self.max_batch_tokens):
+            batch.append(self._waiting.pop(0))
+        return batch
+
+    async def _run(self) -> None:
+        if self.wait_s:
+            await asyncio.sleep(self.wait_s)
+        while self._waiting:
+            batch = self.take_batch()
+            if not batch:
+                continue
+            try:
+                results = await self._encode_batch([c for c, _ in batch])
+            except Exception as exc:  # every request of the batch gets the error; the queue goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), vectors in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(vectors)

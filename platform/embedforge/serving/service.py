@@ -1,8 +1,8 @@
 """The endpoint's logic and its FastAPI app, independent of Ray.
 
 ``EmbeddingService`` turns a validated request into vectors: instruction resolution, tokenisation
-with the model's length limit, token-budget chunks handed to an ``encode_chunk`` coroutine (Ray's
-``@serve.batch`` method in a replica; a direct thread call in tests), dimensions and encoding.
+with the model's length limit, token-budget chunks batched across requests by a ``ForwardQueue`` and
+encoded on the one model thread (``model_thread``), dimensions and encoding.
 ``create_app`` wraps it in FastAPI with OpenAI's error shape, behind ``serving.guard.RequestGuard``
 (the API key from the headers, then the body within its size and time limits, before the app reads it).
 """
@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedforge.prompts import eos_token_id, format_query, tokenize_with_eos
-from embedforge.serving.batching import forward_groups, split_for_budget
+from embedforge.serving.batching import ForwardQueue, forward_groups, padded_tokens, split_for_budget
 from embedforge.serving.guard import RequestGuard
 from embedforge.serving.metrics import CountingMetrics
 from embedforge.serving.protocol import (
@@ -42,7 +42,6 @@ from embedforge.serving.protocol import (
 
 log = logging.getLogger(__name__)
 
-EncodeChunk = Callable[[list[list[int]]], Awaitable[np.ndarray]]
 HEALTH_TEXT = "embedforge health check"
 # No real text averages more characters per token; serve.max_input_chars defaults to this x max_length.
 MAX_CHARS_PER_TOKEN = 32
@@ -84,8 +83,8 @@ def model_thread(num_threads: int) -> ThreadPoolExecutor:
 
 class EmbeddingService:
     def __init__(self, encoder, model_name: str, serve_cfg, key_digests: Sequence[str] = (),
-                 encode_chunk: EncodeChunk | None = None, metrics: CountingMetrics | None = None,
-                 instructions: bool = True, model_executor: Executor | None = None):
+                 metrics: CountingMetrics | None = None, instructions: bool = True,
+                 model_executor: Executor | None = None):
         self.encoder = encoder
         # False for a model trained without instructions (``model.instructions: false``): a query
         # prompt it never saw would only move its vectors, so requests asking for one are refused.
@@ -103,7 +102,9 @@ class EmbeddingService:
         self.dim = int(encoder.dim)
         self.budget = int(serve_cfg.max_batch_tokens)
         self.created = int(time.time())
-        self.encode_chunk = encode_chunk or self._encode_chunk_in_thread
+        # One forward pass's padded-token limit: the model's own, within the cross-request batch budget.
+        self.forward_tokens = min(int(getattr(encoder, "batch_tokens", self.budget) or self.budget), self.budget)
+        self.queue = ForwardQueue(self._encode_batch, self.budget, serve_cfg.batch_wait_timeout_s)
         if model_executor is None:
             import torch
 
@@ -123,9 +124,11 @@ class EmbeddingService:
         """``fn(*args)`` on the model thread, awaited without blocking the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.model_executor, functools.partial(fn, *args))
 
-    async def _encode_chunk_in_thread(self, chunk: list[list[int]]) -> np.ndarray:
-        return (await self.run_model(encode_chunks, self.encoder, [chunk], self.budget,
-                                     self.cfg.forward_overhead_tokens))[0]
+    async def _encode_batch(self, chunks: list[list[list[int]]]) -> list[np.ndarray]:
+        """One batch of chunks (from many requests), on the model thread."""
+        self.metrics.record_batch(sum(len(c) for c in chunks), padded_tokens(chunks))
+        return await self.run_model(encode_chunks, self.encoder, chunks, self.forward_tokens,
+                                    self.cfg.forward_overhead_tokens)
 
     # -- request -> token sequences -------------------------------------------------------------
     def resolve_instruction(self, req: EmbeddingRequest) -> str | None:
@@ -208,7 +211,7 @@ class EmbeddingService:
 
     async def encode(self, sequences: list[list[int]]) -> np.ndarray:
         groups = split_for_budget(sequences, self.budget)
-        results = await asyncio.gather(*(self.encode_chunk([sequences[i] for i in g]) for g in groups))
+        results = await asyncio.gather(*(self.queue.encode([sequences[i] for i in g]) for g in groups))
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
         for g, vecs in zip(groups, results, strict=True):
             out[g] = vecs
