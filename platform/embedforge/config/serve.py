@@ -55,6 +55,8 @@ class ServeConfig(Section):
     # Padded tokens (rows x longest row) one batch may hold across concurrent requests;
     # must be at least model.max_length so any single input fits.
     max_batch_tokens: int = Field(16384, ge=2)
+    # After an idle spell, how long the first batch waits for other requests; under load the next
+    # batch is whatever waited while the model ran (serving.batching.ForwardQueue).
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     # The fixed cost of one forward pass, in token-equivalents. A batch gathered from concurrent
     # requests is length-sorted and cut into several passes wherever the padding saved exceeds this:
