@@ -75,7 +75,7 @@ def test_split_for_budget_refuses_a_sequence_over_budget():
 
 
 class GatedModel:
-    """Stands in for the model thread: records each batch, holds it until ``release``, and returns one
+    """Stands in for the model thread: records each batch, holds it until ``gate`` is set, and returns one
     vector per chunk (its row lengths), so each caller can check it got its own chunk's result."""
 
     def __init__(self):

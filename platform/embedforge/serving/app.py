@@ -44,24 +44,22 @@ class EmbeddingDeployment:
         from embedforge.config.shared import ModelConfig
         from embedforge.embedders import load_embedder
         from embedforge.serving.metrics import RayMetrics
-        from embedforge.serving.service import EmbeddingService, model_thread
+        from embedforge.serving.service import EmbeddingService
 
         # A replica gets the two sections it reads, not the root config (which stays with the driver).
         model_cfg, serve_cfg = ModelConfig.model_validate(model), ServeConfig.model_validate(serve_settings)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (a scheduling hint, often fractional or 1), so
         # torch would use one core; the model should use the cores this process may really run on. The
-        # count is per calling thread: this one (loading) and the model thread (every forward pass).
+        # count is per calling thread: set here (loading), the service's model thread takes it over.
         from embedforge.ray_utils import usable_cpus
 
-        threads = serve_cfg.torch_threads or usable_cpus()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(serve_cfg.torch_threads or usable_cpus())
         self.serve_cfg = serve_cfg
         self.encoder = load_embedder(model_cfg)
         name = serve_cfg.model_name or default_model_name(model_cfg.backbone)
         self.metrics = RayMetrics(name)
         self.service = EmbeddingService(self.encoder, name, serve_cfg, key_digests,
-                                        metrics=self.metrics, instructions=model_cfg.instructions,
-                                        model_executor=model_thread(threads))
+                                        metrics=self.metrics, instructions=model_cfg.instructions)
         if key_digests:
             log.info("serving %s (dim %d, max_length %d, auth on)", name, self.encoder.dim, self.encoder.max_length)
         else:

@@ -8,6 +8,7 @@ longest row, the size of the one forward pass that would hold them all).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from embedforge.encoder import token_budget_batches
@@ -111,7 +112,7 @@ class ForwardQueue:
         self._encode_batch = encode_batch
         self.max_batch_tokens = max_batch_tokens
         self.wait_s = wait_s
-        self._waiting: list[tuple[Chunk, asyncio.Future]] = []
+        self._waiting: deque[tuple[Chunk, asyncio.Future]] = deque()
         self._worker: asyncio.Task | None = None
 
     async def encode(self, chunk: Chunk):
@@ -122,12 +123,21 @@ class ForwardQueue:
         return await future
 
     def take_batch(self) -> list[tuple[Chunk, asyncio.Future]]:
-        """The oldest waiting chunks that fit the budget together (at least one; cancelled ones dropped)."""
-        self._waiting = [(c, f) for c, f in self._waiting if not f.done()]
+        """The oldest waiting chunks that fit the budget together (at least one unless every waiting
+        caller is gone; cancelled ones are dropped). Rows and longest row are kept as they grow, so a
+        batch costs one pass over its chunks (``padded_tokens`` of the batch)."""
         batch: list[tuple[Chunk, asyncio.Future]] = []
-        while self._waiting and (not batch or padded_tokens([c for c, _ in batch] + [self._waiting[0][0]])
-                                 <= self.max_batch_tokens):
-            batch.append(self._waiting.pop(0))
+        rows = longest = 0
+        while self._waiting:
+            chunk, future = self._waiting[0]
+            if future.done():  # its caller went away
+                self._waiting.popleft()
+                continue
+            new_longest = max(longest, max((len(seq) for seq in chunk), default=0))
+            if batch and (rows + len(chunk)) * new_longest > self.max_batch_tokens:
+                break
+            batch.append(self._waiting.popleft())
+            rows, longest = rows + len(chunk), new_longest
         return batch
 
     async def _run(self) -> None:

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -83,8 +83,7 @@ def model_thread(num_threads: int) -> ThreadPoolExecutor:
 
 class EmbeddingService:
     def __init__(self, encoder, model_name: str, serve_cfg, key_digests: Sequence[str] = (),
-                 metrics: CountingMetrics | None = None, instructions: bool = True,
-                 model_executor: Executor | None = None):
+                 metrics: CountingMetrics | None = None, instructions: bool = True):
         self.encoder = encoder
         # False for a model trained without instructions (``model.instructions: false``): a query
         # prompt it never saw would only move its vectors, so requests asking for one are refused.
@@ -105,12 +104,11 @@ class EmbeddingService:
         # One forward pass's padded-token limit: the model's own, within the cross-request batch budget.
         self.forward_tokens = min(int(getattr(encoder, "batch_tokens", self.budget) or self.budget), self.budget)
         self.queue = ForwardQueue(self._encode_batch, self.budget, serve_cfg.batch_wait_timeout_s)
-        if model_executor is None:
-            import torch
+        import torch
 
-            model_executor = model_thread(torch.get_num_threads())
-        # Every forward pass (batches and health checks) runs here, one at a time (``model_thread``).
-        self.model_executor = model_executor
+        # Every forward pass (batches and health checks) runs here, one at a time, with the torch thread
+        # count the creating thread set (a replica sets it before building the service).
+        self.model_executor = model_thread(torch.get_num_threads())
         self.max_input_chars = serve_cfg.max_input_chars or MAX_CHARS_PER_TOKEN * self.max_length
         # The last periodic health check's failure (Ray Serve runs ``check_health``); /health reports it
         # without doing model work itself.
