@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from collections import Counter
@@ -225,6 +226,25 @@ def test_planned_requests_carry_style_chunk_and_instruction_and_are_reproducible
     assert reqs[0]["task"] == "Given a question, retrieve passages that answer the question"
 
 
+def test_queries_per_chunk_asks_consecutive_styles_about_one_chunk_and_shares_its_prompt_prefix():
+    cfg = _cfg(tokenizer="words", chunk_tokens=24, overlap_tokens=4, queries_per_chunk=4,
+               styles={"question": 1, "claim": 1, "keyword": 0, "title": 1, "paraphrase": 1})
+    chunks = load_chunks(cfg)
+    reqs = CorpusPlanner(cfg.generate.corpus, chunks, 0).requests(0, 8, {"t": 1.0})
+    chunk_of = [json.loads(r["values"])["chunk_id"] for r in reqs]
+    assert len(set(chunk_of[:4])) == 1 and len(set(chunk_of[4:])) == 1 and chunk_of[0] != chunk_of[4]
+    assert [json.loads(r["values"])["style"] for r in reqs[:4]] == ["question", "claim", "title", "paraphrase"]
+    # the chunk is the sampler's (i // 4)-th, so a rebuild from the id and a resume mid-group agree
+    sampler = ChunkSampler(len(chunks.chunks), 0)
+    assert chunk_of == [chunks.chunks[sampler(i // 4)].id for i in range(8)]
+    # what the teacher's prefix cache reuses: the prompts agree up to the end of the chunk
+    prompts = [json.loads(r["messages"])[0]["content"] for r in reqs[:4]]
+    shared = os.path.commonprefix(prompts)
+    assert json.loads(reqs[0]["values"])["passage"] in shared
+    with pytest.raises(ValueError, match="queries_per_chunk"):
+        _cfg(queries_per_chunk=0)
+
+
 # ------------------------------------------------------------------------------------ prompts
 
 
@@ -402,3 +422,5 @@ def test_the_driver_checks_waiting_corpus_rows_before_committing_and_counts_ever
     assert funnel.chunks == len(chunks.chunks) and funnel.chunks_asked == 7 and funnel.documents == 1
     assert sum(funnel.rejects.values()) + funnel.rows == funnel.queries
     assert funnel.per_style == {"claim": {"queries": 7, "rows": 2}}
+    # four queries a chunk: requests 0..6 asked about chunks 0 and 1
+    assert corpus_funnel(store.load().records, chunks, 2, None, queries_per_chunk=4).chunks_asked == 2

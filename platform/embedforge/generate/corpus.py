@@ -271,7 +271,8 @@ def style_of_id(row_id: str) -> str:
 
 class CorpusPlanner:
     """Requests ``start .. start+count-1`` of corpus-grounded generation: request i's style from the
-    mix (``style_sequence``), its chunk from the seeded sampler, its teacher and seed from its id."""
+    mix (``style_sequence``), its chunk the seeded sampler's ``i // queries_per_chunk``-th, its teacher
+    and seed from its id."""
 
     def __init__(self, cfg: CorpusConfig, chunks: CorpusChunks, run_seed: int):
         from embedforge.generate.taxonomy import load_corpus_styles
@@ -289,7 +290,7 @@ class CorpusPlanner:
         from embedforge.generate.taxonomy import corpus_request
 
         style = self.styles[style_name]
-        chunk = self.chunks.chunks[self.sampler(index)]
+        chunk = self.chunks.chunks[self.sampler(index // self.cfg.queries_per_chunk)]
         return corpus_request(style, corpus_row_id(style.name, index), chunk.id, chunk.text, self.run_seed,
                               language=self.cfg.language, instruction=self.instruction(style.name),
                               max_chars=self.cfg.max_chars, copy_ngram=self.cfg.copy_ngram)
@@ -332,7 +333,8 @@ class CorpusFunnel(BaseModel):
     consistency: dict | None = None  # model, top_k, candidates (None: filter off)
 
 
-def corpus_funnel(records: list[dict], chunks: CorpusChunks, target: int, consistency: dict | None) -> CorpusFunnel:
+def corpus_funnel(records: list[dict], chunks: CorpusChunks, target: int, consistency: dict | None,
+                  queries_per_chunk: int = 1) -> CorpusFunnel:
     """The funnel from the run's ledger (every committed attempt), so a resumed run counts them all."""
     rec = [r for r in records if r["kind"] == "example" and r["group"] == CORPUS_GROUP]
     kept = [r for r in rec if r["status"] == "kept"]
@@ -345,7 +347,7 @@ def corpus_funnel(records: list[dict], chunks: CorpusChunks, target: int, consis
     used = [int(r["id"].rsplit("-", 1)[1]) for r in rec]
     return CorpusFunnel(
         documents=chunks.documents, chunks=len(chunks.chunks),
-        chunks_asked=min(len(chunks.chunks), max(used) + 1) if used else 0, counted_with=chunks.counted_with,
+        chunks_asked=min(len(chunks.chunks), max(used) // queries_per_chunk + 1) if used else 0, counted_with=chunks.counted_with,
         queries=len(rec),
         kept_after_validation=len(kept) + later["consistency"] + later["surplus"],
         kept_after_consistency=len(kept) + later["surplus"],

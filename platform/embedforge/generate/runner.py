@@ -415,7 +415,8 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None, c
         **counts, targets=targets, complete=not committer.missing(), missing=committer.missing(),
         skipped_full_group=committer.skipped, contamination=contamination_summary,
         corpus=None if chunks is None else corpus_funnel(
-            committer.records, chunks, targets[CORPUS_GROUP], cfilter.describe() if cfilter else None),
+            committer.records, chunks, targets[CORPUS_GROUP], cfilter.describe() if cfilter else None,
+            gen.corpus.queries_per_chunk),
         fallback_tasks=sorted(g for g in tasks if (store.load_tasks(g) or {}).get("fallback")),
         teacher_checks=ready.checks)
 
