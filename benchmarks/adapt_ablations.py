@@ -48,9 +48,10 @@ VARIANTS = {
     "masking": ["train.guide_model=all-minilm-l6-v2"],
     # The other student: SmolLM2-135M (a decoder: last-token pooling, instructions, LoRA) on the same pairs
     # (chunked in MiniLM's tokens, under its 256), negatives mined with MiniLM (the untrained decoder's
-    # own vectors rank at chance), SciFact encoded in bf16 as configs/cpu-quality.yaml does.
+    # own vectors rank at chance), SciFact encoded in bf16 as configs/cpu-quality.yaml does. lr 2e-3: the
+    # tiny step-size study's best for LoRA on SmolLM2 at 32 pairs a step (docs/results.md).
     "smollm2_student": ["model.backbone=smollm2-135m", "model.pooling=last_token", "model.instructions=true",
-                        "model.max_length=256", "train.finetune=lora", "train.lr=5e-4", "train.temperature=0.02",
+                        "model.max_length=256", "train.finetune=lora", "train.lr=2e-3", "train.temperature=0.02",
                         "train.query_max_length=64", "train.passage_max_length=256",
                         "train.mining_model=all-minilm-l6-v2", "evaluate.dtype=bfloat16"],
 }
