@@ -197,6 +197,21 @@ def test_evaluate_dtype_sets_decoder_precision_and_cache_key(tiny_model_dir):
         load_config(None, ["evaluate.dtype=int8"])
 
 
+def test_auto_dtype_is_bf16_only_where_bf16_is_native(tiny_model_dir):
+    from embedforge.doctor import cpu_flags
+    from embedforge.evaluate.runner import models_to_run
+    from embedforge.models import auto_encoding_dtype
+
+    assert auto_encoding_dtype("cpu", {"avx", "avx2", "fma"}) == "float32"  # AVX2 only: bf16 is emulated
+    assert auto_encoding_dtype("cpu", {"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert auto_encoding_dtype("cpu", {"avx2", "amx_tile", "amx_bf16"}) == "bfloat16"
+    assert auto_encoding_dtype("cpu", set()) == "float32"  # no /proc/cpuinfo: the safe choice
+    assert auto_encoding_dtype("cuda", set()) == auto_encoding_dtype("cuda:1", set()) == "bfloat16"
+    # The runner makes it concrete (the cache key and the loader never see "auto"), from this CPU's flags.
+    runs = models_to_run(load_config(None, [f"model.backbone={tiny_model_dir}", "evaluate.dtype=auto"]))
+    assert [s.dtype for _, s, _ in runs] == [auto_encoding_dtype("cpu", cpu_flags())]
+
+
 def test_missing_model_path_is_named(tmp_path):
     from embedforge.evaluate.spec import ModelPathError, ModelSpec
 

@@ -71,9 +71,11 @@ class EvaluateConfig(Section):
     task_instructions: dict[str, str] = Field(default_factory=dict)
     baselines: dict[str, BaselineConfig] = Field(default_factory=dict)
     # Encoding precision of every model evaluated (the tuned one and the baselines); null: model.dtype.
-    # bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX (measured on this
-    # repo's 2-core EPYC box); a published-score check of a sentence-transformers baseline wants float32.
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # bfloat16 encodes ~3.4x faster than float32 on CPUs with AVX512-BF16 or AMX, but ~7x *slower* on
+    # an AVX2-only CPU (both measured on 2-core VMs); auto: bfloat16 on a GPU or such a CPU, float32
+    # elsewhere (the driver's CPU decides). A published-score check of a sentence-transformers
+    # baseline wants float32.
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
     # The encoding pool: Ray actors, one model replica each, started once per model and reused by every
     # task (the driver loads no weights); cpus_per_actor None = the cluster's CPUs / num_actors.
     num_actors: int = Field(1, ge=1)

@@ -81,6 +81,11 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
     """
     ecfg = cfg.evaluate
     dtype = ecfg.dtype or cfg.model.dtype
+    if dtype == "auto":
+        from embedforge.doctor import cpu_flags
+        from embedforge.models import auto_encoding_dtype
+
+        dtype = auto_encoding_dtype(cfg.model.device, cpu_flags())
     runs = [(cfg.run.name, ModelSpec.of(cfg.model, dtype=dtype), cfg.model.instructions)]
     for name, b in ecfg.baselines.items():
         if b.model is not None:  # the baseline's weights, encoded with the model section's settings
