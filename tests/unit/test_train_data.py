@@ -69,6 +69,33 @@ def test_every_batch_is_whole_with_unique_positives_and_the_rest_is_handed_back(
     assert len(leftover) < 6 or len({r["positive_key"] for r in leftover}) < 6
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_queries_sharing_a_chunk_fill_every_batch_the_positives_allow(seed):
+    # The SmolLM2 ablation's rows (three queries asked per chunk): 50 chunks with one kept query, 21
+    # with two, 2 with three = 98 rows over 73 positives. Three batches of 32 need at most 3 copies of
+    # a positive, so 96 rows fit; a first-come greedy fill planned 2 batches and dropped 34 rows.
+    counts = [1] * 50 + [2] * 21 + [3] * 2
+    positives = [f"chunk {k}" for k, c in enumerate(counts) for _ in range(c)]
+    rows = [_row(i, positive=p) for i, p in enumerate(positives)]
+    assert len(rows) == 98
+    batches, leftover = plan_group_batches(rows, 32, negatives_per_query=1, seed=seed)
+    assert [len(b["ids"]) for b in batches] == [32, 32, 32] and len(leftover) == 2
+    by_id = {r["id"]: r["positive_key"] for r in rows}
+    for b in batches:
+        assert len({by_id[i] for i in b["ids"]}) == 32
+    used = [i for b in batches for i in b["ids"]] + [r["id"] for r in leftover]
+    assert sorted(used) == sorted(by_id)
+
+
+def test_no_more_batches_are_planned_than_the_positives_allow():
+    # 44 rows fill 11 batches of 4 by count, but only 4 positives: docs 1-3 have 10 copies each, so
+    # at most 10 batches hold 4 distinct positives; doc 0's 4 extra copies are left over.
+    rows = [_row(i, positive=f"doc {i % 4}") for i in range(40)] + [_row(40 + i, positive="doc 0") for i in range(4)]
+    batches, leftover = plan_group_batches(rows, 4, negatives_per_query=1, seed=0)
+    assert len(batches) == 10 and len(leftover) == 4
+    assert {r["positive_key"] for r in leftover} == {positive_key("doc 0")}
+
+
 def test_small_groups_and_remainders_are_packed_into_whole_mixed_batches():
     from embedforge.train.batching import pack_leftovers
 

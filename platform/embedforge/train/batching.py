@@ -99,7 +99,7 @@ def plan_group_batches(
     group's remainder, or a group smaller than a batch) trains on a smaller softmax — a 2-way one
     gives loss ~0, 2 pairs at the full learning rate spiked the tiny run's loss to 9.8 — so its rows
     are handed back to be packed with other groups' leftovers (``pack_leftovers``). Rows are shuffled
-    with ``seed``; a row whose positive is already in the batch being filled waits for a later one.
+    with ``seed`` and dealt so that as many whole batches as the positives allow are filled.
     Each batch carries ``k`` hard negatives per row: the smallest number any of its rows has, capped
     at ``negatives_per_query``.
     """
@@ -108,23 +108,28 @@ def plan_group_batches(
 
 
 def _full_batches(rows: Sequence[dict], global_batch_size: int, seed: int) -> tuple[list[list[dict]], list[dict]]:
+    """As many whole batches of distinct positives as the rows can fill, and the rows left over.
+
+    ``n`` batches can be filled exactly when ``sum(min(copies, n))`` over the positives reaches
+    ``n * global_batch_size`` (a positive goes into a batch at most once). Laying each positive's copies
+    (at most ``n``) side by side and dealing position ``i`` to batch ``i % n`` then puts no positive in a
+    batch twice. A first-come greedy fill strands rows whenever several queries share a chunk
+    (``generate.corpus.queries_per_chunk``): 98 rows over 73 chunks filled 2 batches of 32 instead of 3.
+    """
     order = list(rows)
     random.Random(seed).shuffle(order)
-    batches: list[list[dict]] = []
-    pending = order
-    while len(pending) >= global_batch_size:
-        batch, seen, waiting = [], set(), []
-        for row in pending:
-            if len(batch) < global_batch_size and row["positive_key"] not in seen:
-                batch.append(row)
-                seen.add(row["positive_key"])
-            else:
-                waiting.append(row)
-        if len(batch) < global_batch_size:  # not enough distinct positives left for a whole batch
-            return batches, batch + waiting
-        batches.append(batch)
-        pending = waiting
-    return batches, pending
+    copies: dict[str, list[dict]] = {}
+    for row in order:  # positives in shuffled order of first appearance; their copies in shuffled order
+        copies.setdefault(row["positive_key"], []).append(row)
+    n = len(order) // global_batch_size
+    while n > 0 and sum(min(len(c), n) for c in copies.values()) < n * global_batch_size:
+        n -= 1  # feasibility is monotone: dropping one batch of a valid plan leaves a valid plan
+    if n == 0:
+        return [], order
+    dealt = [row for c in copies.values() for row in c[:n]][: n * global_batch_size]
+    batches = [dealt[i::n] for i in range(n)]
+    used = {id(row) for row in dealt}
+    return batches, [row for row in order if id(row) not in used]
 
 
 def pack_leftovers(rows: Sequence[dict], global_batch_size: int, negatives_per_query: int,
