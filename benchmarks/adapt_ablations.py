@@ -65,10 +65,14 @@ VARIANTS = {
 
 
 def pipeline_cfg(run: Path):
-    """adapt.yaml as the pipeline run used it (its output folder and name)."""
+    """The config the pipeline run used: its own config.yaml (with the command line's overrides, e.g.
+    ``generate.corpus.queries_per_chunk=3``, which changes which chunk request ``i`` was written for),
+    else adapt.yaml at the run's folder and name."""
     from embedforge.config import load_config
 
-    return load_config(CONFIG, [f"run.output_dir={run.parent}", f"run.name={run.name}"])
+    location = [f"run.output_dir={run.parent}", f"run.name={run.name}"]
+    saved = run / "config.yaml"
+    return load_config(saved, location) if saved.is_file() else load_config(CONFIG, location)
 
 
 def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]) -> list[dict]:
