@@ -121,9 +121,21 @@ def _full_batches(rows: Sequence[dict], global_batch_size: int, seed: int) -> tu
     copies: dict[str, list[dict]] = {}
     for row in order:  # positives in shuffled order of first appearance; their copies in shuffled order
         copies.setdefault(row["positive_key"], []).append(row)
-    n = len(order) // global_batch_size
-    while n > 0 and sum(min(len(c), n) for c in copies.values()) < n * global_batch_size:
-        n -= 1  # feasibility is monotone: dropping one batch of a valid plan leaves a valid plan
+    sizes = [len(c) for c in copies.values()]
+
+    def fillable(n: int) -> bool:
+        return sum(min(size, n) for size in sizes) >= n * global_batch_size
+
+    # Fillability is monotone (dropping a batch of a valid plan leaves a valid plan): bisect for the
+    # largest n, one pass over the positives per probe. A step-down scan takes one pass per batch it
+    # cannot fill: ~15,000 passes over 500,001 positives for a million rows, half of them one positive.
+    n, most = 0, len(order) // global_batch_size
+    while n < most:
+        probe = (n + most + 1) // 2
+        if fillable(probe):
+            n = probe
+        else:
+            most = probe - 1
     if n == 0:
         return [], order
     dealt = [row for c in copies.values() for row in c[:n]][: n * global_batch_size]
