@@ -99,7 +99,7 @@ def plan_group_batches(
     group's remainder, or a group smaller than a batch) trains on a smaller softmax — a 2-way one
     gives loss ~0, 2 pairs at the full learning rate spiked the tiny run's loss to 9.8 — so its rows
     are handed back to be packed with other groups' leftovers (``pack_leftovers``). Rows are shuffled
-    with ``seed`` and dealt so that as many whole batches as the positives allow are filled.
+    with ``seed`` (one per epoch: ``epoch_seed``) and dealt so that as many whole batches as the positives allow are filled.
     Each batch carries ``k`` hard negatives per row: the smallest number any of its rows has, capped
     at ``negatives_per_query``.
     """
@@ -166,6 +166,14 @@ def _batch_record(batch: list[dict], negatives_per_query: int, seed: int) -> dic
         "num_negatives": k,
         "order": batch_order_key(batch[0]["id"], seed),
     }
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The planning seed of one epoch: each epoch deals its own batches (as a shuffling sampler does),
+    so the rows that fill no batch differ from epoch to epoch. Epoch 0 plans with the run's seed."""
+    if epoch == 0:
+        return seed
+    return int(hashlib.sha1(f"{seed}/epoch {epoch}".encode()).hexdigest()[:12], 16)
 
 
 def batch_order_key(first_id: str, seed: int) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 from embedforge.config.train import TrainConfig
 from embedforge.train.batching import (
     REQUIRED_COLUMNS,
+    epoch_seed,
     mix_counts,
     pack_leftovers,
     plan_group_batches,
@@ -64,27 +65,49 @@ def tokenize_frame(df: pd.DataFrame, backbone: str, query_max_length: int, passa
     return pd.DataFrame({k: out[k] for k in keep})
 
 
-BATCH_COLUMNS = ("order", "group", "ids", "query_ids", "positive_ids", "negative_ids", "num_negatives")
+BATCH_COLUMNS = ("epoch", "order", "group", "ids", "query_ids", "positive_ids", "negative_ids", "num_negatives")
 
 
-def plan_frame(df: pd.DataFrame, global_batch_size: int, negatives_per_query: int, seed: int):
-    """One group's full batches, plus its leftover rows as one-row records (``leftover`` true) that
-    ``build_batches`` packs with the other groups' leftovers."""
+def plan_frame(df: pd.DataFrame, global_batch_size: int, negatives_per_query: int, seed: int, epochs: int = 1):
+    """One group's full batches for each of ``epochs`` epochs (each dealt with its own seed,
+    ``epoch_seed``), plus each epoch's leftover rows as one-row records (``leftover`` true) that
+    ``pack_epoch_leftovers`` packs with the other groups' leftovers of the same epoch."""
     rows = df.to_dict("records")
     for r in rows:
         r["negative_ids"] = [list(n) for n in r["negative_ids"]]
-    records, leftover = plan_group_batches(rows, global_batch_size, negatives_per_query, seed)
-    out = pd.DataFrame({c: [r[c] for r in records] for c in BATCH_COLUMNS})
-    out["leftover"], out["positive_key"] = False, ""
-    rest = pd.DataFrame({
-        "order": "", "group": [r["group"] for r in leftover], "ids": [[r["id"]] for r in leftover],
-        "query_ids": [[list(r["query_ids"])] for r in leftover],
-        "positive_ids": [[list(r["positive_ids"])] for r in leftover],
-        "negative_ids": [r["negative_ids"] for r in leftover],
-        "num_negatives": [len(r["negative_ids"]) for r in leftover],
-        "leftover": True, "positive_key": [r["positive_key"] for r in leftover],
-    })
-    return pd.concat([out, rest], ignore_index=True) if len(rest) else out
+    frames = []
+    for epoch in range(epochs):
+        records, leftover = plan_group_batches(rows, global_batch_size, negatives_per_query, epoch_seed(seed, epoch))
+        out = pd.DataFrame({c: [r[c] for r in records] for c in BATCH_COLUMNS if c != "epoch"})
+        out.insert(0, "epoch", epoch)
+        out["leftover"], out["positive_key"] = False, ""
+        frames.append(out)
+        if leftover:
+            frames.append(pd.DataFrame({
+                "epoch": epoch, "order": "", "group": [r["group"] for r in leftover],
+                "ids": [[r["id"]] for r in leftover],
+                "query_ids": [[list(r["query_ids"])] for r in leftover],
+                "positive_ids": [[list(r["positive_ids"])] for r in leftover],
+                "negative_ids": [r["negative_ids"] for r in leftover],
+                "num_negatives": [len(r["negative_ids"]) for r in leftover],
+                "leftover": True, "positive_key": [r["positive_key"] for r in leftover],
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pack_epoch_leftovers(leftovers: pd.DataFrame, epochs: int, global_batch_size: int,
+                         negatives_per_query: int, seed: int) -> tuple[list[dict], list[int], list[int]]:
+    """(mixed batch records, mixed batches per epoch, rows dropped per epoch) from ``plan_frame``'s
+    leftover records of every group: each epoch's leftovers are packed with that epoch's seed."""
+    packed, batches, dropped = [], [], []
+    for epoch in range(epochs):
+        part = leftovers[leftovers["epoch"] == epoch] if len(leftovers) else leftovers
+        records, n_dropped = (pack_leftovers(_leftover_rows(part), global_batch_size, negatives_per_query,
+                                             epoch_seed(seed, epoch)) if len(part) else ([], 0))
+        packed += [dict(r, epoch=epoch) for r in records]
+        batches.append(len(records))
+        dropped.append(n_dropped)
+    return packed, batches, dropped
 
 
 def _leftover_rows(df: pd.DataFrame) -> list[dict]:
@@ -132,7 +155,8 @@ def read_valid_rows(path: str, key: str):
 def build_batches(train: TrainConfig, backbone: str, run_storage: str, seed: int,
                   mining_model=None, instructions: bool = True, resource_check: str = "fail",
                   *, lengths: tuple[int, int], append_eos: bool = True):
-    """(materialized dataset of global-batch records sorted by step order, summary dict).
+    """(materialized dataset of global-batch records sorted by step order, every epoch's in turn;
+    summary dict, with per-epoch lists ``steps_per_epoch``, ``mixed_batches``, ``rows_dropped_per_epoch``).
 
     ``mining_model``: the model section hard negatives are mined with (``train.mining.mining_spec``;
     needed when ``train.mine_negatives``). ``instructions`` is ``model.instructions``: False tokenizes
@@ -174,30 +198,33 @@ def build_batches(train: TrainConfig, backbone: str, run_storage: str, seed: int
         fn_kwargs={"backbone": backbone, "query_max_length": lengths[0],
                    "passage_max_length": lengths[1], "instructions": instructions, "append_eos": append_eos},
     )
+    # Each epoch is dealt with its own seed, so a row left out of one epoch's batches is trained on in
+    # the others. The plan holds every epoch's batches (the steps the workers stream, in order).
     planned = tokenized.groupby("group").map_groups(
         plan_frame, batch_format="pandas",
         fn_kwargs={"global_batch_size": train.global_batch_size,
-                   "negatives_per_query": train.negatives_per_query, "seed": seed},
+                   "negatives_per_query": train.negatives_per_query, "seed": seed, "epochs": train.epochs},
     ).materialize()
-    # Every step sees a whole global batch: the groups' leftovers (fewer than a batch each) are packed
-    # into mixed batches here, on the driver (at most global_batch_size - 1 rows per group); what fills
-    # no batch is dropped and counted.
+    # Every step sees a whole global batch: each epoch's leftovers of the groups (fewer than a batch
+    # each) are packed into mixed batches here, on the driver (at most global_batch_size - 1 rows per
+    # group and epoch); what fills no batch is dropped for that epoch and counted.
     leftovers = planned.filter(lambda r: r["leftover"]).to_pandas()
-    packed, dropped = pack_leftovers(_leftover_rows(leftovers), train.global_batch_size,
-                                     train.negatives_per_query, seed) if len(leftovers) else ([], 0)
+    packed, mixed_batches, dropped = pack_epoch_leftovers(leftovers, train.epochs, train.global_batch_size,
+                                                          train.negatives_per_query, seed)
     full = planned.filter(lambda r: not r["leftover"]).select_columns(list(BATCH_COLUMNS))
     if packed:
         import pyarrow as pa
 
         # Arrow blocks like the planned ones (Ray Data cannot sort a union of Arrow and pandas blocks).
         full = full.union(ray.data.from_arrow(pa.Table.from_pylist([{c: r[c] for c in BATCH_COLUMNS} for r in packed])))
-    batches = full.sort("order").materialize()
-    steps = batches.count()
-    if steps == 0:
+    batches = full.sort(["epoch", "order"]).materialize()
+    epoch_of_step = batches.select_columns(["epoch"]).to_pandas()["epoch"]
+    steps = [int((epoch_of_step == e).sum()) for e in range(train.epochs)]
+    if steps[0] == 0:
         raise DataError(
             f"train.global_batch_size: {sum(counts)} valid rows fill no global batch of {train.global_batch_size} "
             "rows with distinct positives; lower train.global_batch_size or add data"
         )
-    summary.update(mixed_rows=sum(counts), steps_per_epoch=steps, mixed_batches=len(packed),
+    summary.update(mixed_rows=sum(counts), steps_per_epoch=steps, mixed_batches=mixed_batches,
                    rows_dropped_per_epoch=dropped)
     return batches, summary

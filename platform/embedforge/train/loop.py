@@ -91,39 +91,38 @@ def train_loop_per_worker(config: dict) -> None:
         storage.download(remote_metrics, metrics_path)  # a restarted group, maybe on another node
     shard = ray.train.get_dataset_shard("train")
 
+    # The batch dataset holds every epoch's steps in order (each epoch dealt on its own: train/dataset.py).
     step = 0
-    for epoch in range(train.epochs):
+    for record in shard.iter_rows():
         if step >= total_steps:
             break
-        for record in shard.iter_rows():
-            if step >= total_steps:
-                break
-            if step < start_step:  # consumed before the restart
-                step += 1
-                continue
-            check_same_batch(record["order"], device)
-            local = worker_slice(record, rank, world_size)
-            t0 = time.perf_counter()
-            metrics = train_step(engine, local, pad, train, pooling=plan.pooling, guide=guide)
-            seconds = time.perf_counter() - t0
+        if step < start_step:  # consumed before the restart
             step += 1
-            tokens = sum_over_workers(count_tokens(local), device)
-            metrics.update(step=step, epoch=epoch, seconds=seconds, tokens_per_s=tokens / seconds,
-                           examples_per_s=len(record["query_ids"]) / seconds, resumed_from=start_step)
-            if rank == 0:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
-            if step % train.checkpoint_every == 0 or step == total_steps:
-                with tempfile.TemporaryDirectory() as tmp:
-                    # Every rank writes its own ZeRO partition; Ray merges the ranks' directories.
-                    engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG)
-                    if rank == 0:
-                        (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step, "epoch": epoch}))
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            continue
+        check_same_batch(record["order"], device)
+        epoch = int(record["epoch"])
+        local = worker_slice(record, rank, world_size)
+        t0 = time.perf_counter()
+        metrics = train_step(engine, local, pad, train, pooling=plan.pooling, guide=guide)
+        seconds = time.perf_counter() - t0
+        step += 1
+        tokens = sum_over_workers(count_tokens(local), device)
+        metrics.update(step=step, epoch=epoch, seconds=seconds, tokens_per_s=tokens / seconds,
+                       examples_per_s=len(record["query_ids"]) / seconds, resumed_from=start_step)
+        if rank == 0:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+        if step % train.checkpoint_every == 0 or step == total_steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                # Every rank writes its own ZeRO partition; Ray merges the ranks' directories.
+                engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG)
                 if rank == 0:
-                    storage.upload(metrics_path, remote_metrics)
-            elif step % train.log_every == 0:
-                ray.train.report(metrics)
+                    (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step, "epoch": epoch}))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            if rank == 0:
+                storage.upload(metrics_path, remote_metrics)
+        elif step % train.log_every == 0:
+            ray.train.report(metrics)
 
     # LoRA: only the adapter (small) is gathered and written here; merging it into the backbone and
     # the sentence-transformers export run in a Ray task after training (train/export.py), not on rank 0

@@ -28,9 +28,10 @@ class TrainResult(BaseModel):
 
     sources: list[dict[str, Any]]  # per data source: path, rows read, valid rows
     mixed_rows: int
-    steps_per_epoch: int
-    mixed_batches: int = 0  # batches packed from the groups' leftovers (every step holds a whole batch)
-    rows_dropped_per_epoch: int = 0  # leftover rows that filled no batch
+    # Per epoch (each epoch is dealt with its own seed, so these may differ a little between epochs):
+    steps_per_epoch: list[int]
+    mixed_batches: list[int]  # batches packed from the groups' leftovers (every step holds a whole batch)
+    rows_dropped_per_epoch: list[int]  # leftover rows that filled no batch
     total_steps: int
     final_metrics: dict[str, Any] = Field(default_factory=dict)  # the last step's reported metrics
     checkpoint: str | None
@@ -101,8 +102,8 @@ def validate_before_training(cfg) -> Student:
     return Student(backbone=spec, kind=kind, pooling=cfg.model.pooling, sentence_transformers=st)
 
 
-def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
-    steps = steps_per_epoch * train.epochs
+def total_steps(train: TrainConfig, steps_per_epoch: list[int]) -> int:
+    steps = sum(steps_per_epoch)
     return min(steps, train.max_steps) if train.max_steps else steps
 
 
