@@ -11,6 +11,9 @@ runner. Variants differ from ``adapted`` (the config as shipped) in one thing ea
     adapted           configs/adapt.yaml: consistency-filtered pairs, positive-aware mining (0.95 rule)
     no_consistency    + the pairs the consistency filter rejected (rebuilt from the run's reject log:
                       the teacher's answer, re-validated, with the chunk it was written for)
+    loose_filter      + the rejected pairs whose chunk ranked in the filter's top 50 (a looser
+                      generate.corpus.consistency.top_k, without generating again: the reject log
+                      records each reject's rank)
     plain_mining      train.mining_max_positive_ratio=null: the student's top-30 taken as they come
     masking           train.guide_model=all-minilm-l6-v2: GISTEmbed-style false-negative masking
     smollm2_student   SmolLM2-135M + LoRA as the student instead of MiniLM (same pairs)
@@ -44,6 +47,7 @@ VARIANTS = {
     "untouched": None,
     "adapted": [],
     "no_consistency": [],  # its data differs, not its config
+    "loose_filter": [],  # likewise
     "plain_mining": ["train.mining_max_positive_ratio=null"],
     "masking": ["train.guide_model=all-minilm-l6-v2"],
     # The other student: SmolLM2-135M (a decoder: last-token pooling, instructions, LoRA) on the same pairs
@@ -75,11 +79,18 @@ def pipeline_cfg(run: Path):
     return load_config(saved, location) if saved.is_file() else load_config(CONFIG, location)
 
 
-def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]) -> list[dict]:
-    """The pairs the consistency filter rejected, rebuilt as training rows. Request ``corpus-<style>-<i>``
+# loose_filter: the consistency rejects it adds back, as if top_k had been this.
+LOOSE_TOP_K = 50
+
+
+def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str],
+                                max_rank: int | None = None) -> list[dict]:
+    """The pairs the consistency filter rejected (those ranked at most ``max_rank`` when given), rebuilt
+    as training rows. Request ``corpus-<style>-<i>``
     was written for chunk ``sampler(i)`` (the run's seeded order; the style is in the id, so a style mix
     changed mid-run does not matter); its answer is re-validated with today's rules. Rows of held-out
     documents are left out (the split's rule: whole documents). ``kept``: the run's kept rows."""
+    from embedforge.generate.consistency import reject_rank
     from embedforge.generate.corpus import CorpusPlanner, load_chunks, style_of_id
     from embedforge.generate.validation import Rejected, parse_corpus_answer
     from embedforge.schema import chunk_id_of
@@ -102,6 +113,8 @@ def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]
             rec = json.loads(line)
             if rec.get("reason") != "consistency" or rec["id"] in seen:
                 continue
+            if max_rank is not None and reject_rank(rec["detail"]) > max_rank:
+                continue
             seen.add(rec["id"])
             try:
                 row = parse_corpus_answer(request_of(rec["id"]), rec["raw"], rec["teacher"], (0, 0))
@@ -115,7 +128,8 @@ def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]
 
 
 def variant_data(name: str, run: Path, out: Path) -> list[dict]:
-    """train.data for a variant: the pipeline's training part (+ the rebuilt rejects for no_consistency)."""
+    """train.data for a variant: the pipeline's training part (+ the rebuilt rejects for no_consistency,
+    those ranked in the top LOOSE_TOP_K for loose_filter)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -127,13 +141,14 @@ def variant_data(name: str, run: Path, out: Path) -> list[dict]:
         raise SystemExit(f"{train_dir}/rows.parquet not found: run `embedforge pipeline --config configs/adapt.yaml` "
                          "(at least its generate and split stages) first and pass its run folder as --run")
     sources = [{"path": str(train_dir), "ratio": 1.0}]
-    if name == "no_consistency":
-        extra_dir = out / "data" / "consistency_rejects"
+    if name in ("no_consistency", "loose_filter"):
+        max_rank = LOOSE_TOP_K if name == "loose_filter" else None
+        extra_dir = out / "data" / ("consistency_rejects" + (f"_top{max_rank}" if max_rank else ""))
         if not (extra_dir / "rows.parquet").is_file():
             train_ids = set(pq.read_table(train_dir / "rows.parquet", columns=["id"]).column("id").to_pylist())
             kept = [r for f in sorted((run / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
             held_keys = {split_key(r) for r in kept if r["id"] not in train_ids}
-            rows = rebuilt_consistency_rejects(run, kept, held_keys)
+            rows = rebuilt_consistency_rejects(run, kept, held_keys, max_rank)
             extra_dir.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), extra_dir / "rows.parquet")
         sources.append({"path": str(extra_dir), "ratio": 1.0})

@@ -354,6 +354,14 @@ def test_own_chunk_rank_on_hand_built_vectors():
         own_chunk_ranks(queries, chunks, np.array([0, 9, 2, 0, 2]))
 
 
+def test_a_consistency_reject_records_its_rank_and_it_reads_back():
+    from embedforge.generate.consistency import reject_detail, reject_rank
+
+    detail = reject_detail(np.int64(339), 9764, 5)
+    assert detail == "its chunk ranks 339 of 9764 (top_k=5)"
+    assert [reject_rank(reject_detail(r, 9764, 5)) for r in (6, 50, 9439)] == [6, 50, 9439]
+
+
 def test_the_filter_model_is_named_or_the_backbone_or_the_student(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -35,6 +35,17 @@ from embedforge.generate.corpus import CorpusChunks
 log = logging.getLogger(__name__)
 
 
+def reject_detail(rank: int, num_chunks: int, top_k: int) -> str:
+    """A consistency reject's ``detail``: the rank its chunk got (read back by ``reject_rank``)."""
+    return f"its chunk ranks {int(rank)} of {num_chunks} (top_k={top_k})"
+
+
+def reject_rank(detail: str) -> int:
+    """The rank a consistency reject's ``detail`` records: which rejects a looser ``top_k`` would have
+    kept, without generating again (``benchmarks/adapt_ablations.py``'s ``loose_filter``)."""
+    return int(detail.split("ranks ", 1)[1].split(" ", 1)[0])
+
+
 def own_chunk_ranks(query_vecs: np.ndarray, chunk_vecs: np.ndarray, own: np.ndarray, block: int = 256) -> np.ndarray:
     """The 1-based rank of each query's own chunk (``own[i]``: a row of ``chunk_vecs``) among all chunks
     by cosine similarity; a chunk scoring exactly as high as the own one does not push it down."""

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from embedforge.config.base import ConfigError
 from embedforge.config.generate import GenerateConfig, TeacherConfig
+from embedforge.generate.consistency import reject_detail
 from embedforge.generate.corpus import CorpusFunnel, corpus_funnel
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
 from embedforge.generate.taxonomy import (
@@ -151,7 +152,7 @@ class Committer:
         for (out, row), rank in zip(pending, ranks, strict=True):
             if rank > self.consistency.top_k:
                 out = {**out, "status": "rejected", "reason": "consistency",
-                       "detail": f"its chunk ranks {int(rank)} of {len(self.consistency.chunks.chunks)} (top_k={self.consistency.top_k})"}
+                       "detail": reject_detail(rank, len(self.consistency.chunks.chunks), self.consistency.top_k)}
             elif self.kept[row["group"]] >= self.targets.get(row["group"], 0):
                 out = {**out, "status": "rejected", "reason": "surplus", "detail": ""}
             self._record(out, row)
