@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from embedforge.config import ConfigError, load_config
@@ -128,19 +129,13 @@ def test_planning_is_deterministic_and_seeded():
     assert [b["ids"] for b in a] != [b["ids"] for b in plan_group_batches(rows, 8, 1, seed=2)[0]]
 
 
-def _frame(rows):
-    import pandas as pd
-
-    return pd.DataFrame(rows)
-
-
 def test_each_epoch_is_dealt_anew_so_no_row_is_left_out_every_epoch():
     from embedforge.train.dataset import pack_epoch_leftovers, plan_frame
 
     # 98 rows over 73 positives (the SmolLM2 ablation's shape): 3 batches of 32 per epoch, 2 rows left.
     counts = [1] * 50 + [2] * 21 + [3] * 2
     rows = [_row(i, positive=f"chunk {k}") for i, k in enumerate(k for k, c in enumerate(counts) for _ in range(c))]
-    plan = plan_frame(_frame(rows), 32, negatives_per_query=1, seed=0, epochs=4)
+    plan = plan_frame(pd.DataFrame(rows), 32, negatives_per_query=1, seed=0, epochs=4)
     full = plan[~plan["leftover"]]
     assert full.groupby("epoch").size().tolist() == [3, 3, 3, 3]
     ids_by_epoch = [sorted(i for ids in full[full["epoch"] == e]["ids"] for i in ids) for e in range(4)]
@@ -151,7 +146,7 @@ def test_each_epoch_is_dealt_anew_so_no_row_is_left_out_every_epoch():
     batches_by_epoch = [{tuple(sorted(ids)) for ids in full[full["epoch"] == e]["ids"]} for e in range(4)]
     assert batches_by_epoch[0] != batches_by_epoch[1]  # new batch compositions, not a reordering
     # Epoch 0 plans exactly as a one-epoch run does.
-    one = plan_frame(_frame(rows), 32, negatives_per_query=1, seed=0, epochs=1)
+    one = plan_frame(pd.DataFrame(rows), 32, negatives_per_query=1, seed=0, epochs=1)
     assert one["ids"].tolist() == plan[plan["epoch"] == 0]["ids"].tolist()
     # The leftovers of each epoch are packed with that epoch's seed: 2 rows fill no batch of 32.
     packed, mixed, dropped = pack_epoch_leftovers(plan[plan["leftover"]], 4, 32, 1, seed=0)
@@ -159,14 +154,12 @@ def test_each_epoch_is_dealt_anew_so_no_row_is_left_out_every_epoch():
 
 
 def test_leftovers_are_packed_per_epoch_and_tagged_with_it():
-    import pandas as pd
-
     from embedforge.train.dataset import pack_epoch_leftovers, plan_frame
 
     groups = {"sts": 5, "bitext": 6}  # 11 rows, no group fills a batch of 8: one mixed batch an epoch
     plans, n = [], 0
     for group, size in groups.items():
-        plans.append(plan_frame(_frame([dict(_row(n + i), group=group) for i in range(size)]), 8, 1, seed=5, epochs=3))
+        plans.append(plan_frame(pd.DataFrame([dict(_row(n + i), group=group) for i in range(size)]), 8, 1, seed=5, epochs=3))
         n += size
     leftovers = pd.concat(plans, ignore_index=True)
     assert leftovers["leftover"].all() and len(leftovers) == 33

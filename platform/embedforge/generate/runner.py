@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 
 from embedforge.config.base import ConfigError
 from embedforge.config.generate import GenerateConfig, TeacherConfig
-from embedforge.generate.consistency import reject_detail
-from embedforge.generate.corpus import CorpusFunnel, corpus_funnel
+from embedforge.generate.consistency import ConsistencyFilter, check_filter_model, reject_detail
+from embedforge.generate.corpus import CorpusFunnel, CorpusPlanner, corpus_funnel, load_chunks
 from embedforge.generate.store import RunStore, summarize, teacher_reject_rates
 from embedforge.generate.taxonomy import (
     BRAINSTORM_SCHEMA,
@@ -334,9 +334,6 @@ def _corpus_chunks(cfg):
     before any teacher or Ray work."""
     if cfg.generate.corpus is None:
         return None
-    from embedforge.generate.consistency import check_filter_model
-    from embedforge.generate.corpus import load_chunks
-
     chunks = load_chunks(cfg)
     if cfg.generate.consistency.enabled:
         check_filter_model(cfg)
@@ -359,9 +356,6 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None, c
     targets = split_counts(gen.num_rows, dict(gen.groups))
     planner = cfilter = None
     if chunks is not None:
-        from embedforge.generate.consistency import ConsistencyFilter
-        from embedforge.generate.corpus import CorpusPlanner
-
         targets[CORPUS_GROUP] = gen.corpus.num_queries
         planner = CorpusPlanner(gen.corpus, chunks, run_seed)
         if gen.consistency.enabled:  # its pool starts on the first check (none when nothing is missing)

@@ -100,10 +100,12 @@ def pack_epoch_leftovers(leftovers: pd.DataFrame, epochs: int, global_batch_size
     """(mixed batch records, mixed batches per epoch, rows dropped per epoch) from ``plan_frame``'s
     leftover records of every group: each epoch's leftovers are packed with that epoch's seed."""
     packed, batches, dropped = [], [], []
+    if not len(leftovers):  # an empty dataset's frame may lack the columns
+        return packed, [0] * epochs, [0] * epochs
     for epoch in range(epochs):
-        part = leftovers[leftovers["epoch"] == epoch] if len(leftovers) else leftovers
-        records, n_dropped = (pack_leftovers(_leftover_rows(part), global_batch_size, negatives_per_query,
-                                             epoch_seed(seed, epoch)) if len(part) else ([], 0))
+        part = leftovers[leftovers["epoch"] == epoch]
+        records, n_dropped = pack_leftovers(_leftover_rows(part), global_batch_size, negatives_per_query,
+                                            epoch_seed(seed, epoch))
         packed += [dict(r, epoch=epoch) for r in records]
         batches.append(len(records))
         dropped.append(n_dropped)
