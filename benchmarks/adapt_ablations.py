@@ -14,6 +14,8 @@ runner. Variants differ from ``adapted`` (the config as shipped) in one thing ea
     loose_filter      + the rejected pairs whose chunk ranked in the filter's top 50 (a looser
                       generate.corpus.consistency.top_k, without generating again: the reject log
                       records each reject's rank)
+    no_title          the kept pairs less those of the title style (generate.corpus.styles.title=0,
+                      without generating again: the style is in each row's id)
     plain_mining      train.mining_max_positive_ratio=null: the student's top-30 taken as they come
     masking           train.guide_model=all-minilm-l6-v2: GISTEmbed-style false-negative masking
     smollm2_student   SmolLM2-135M + LoRA as the student instead of MiniLM (same pairs)
@@ -48,6 +50,7 @@ VARIANTS = {
     "adapted": [],
     "no_consistency": [],  # its data differs, not its config
     "loose_filter": [],  # likewise
+    "no_title": [],  # likewise
     "plain_mining": ["train.mining_max_positive_ratio=null"],
     "masking": ["train.guide_model=all-minilm-l6-v2"],
     # The other student: SmolLM2-135M (a decoder: last-token pooling, instructions, LoRA) on the same pairs
@@ -129,7 +132,7 @@ def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]
 
 def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     """train.data for a variant: the pipeline's training part (+ the rebuilt rejects for no_consistency,
-    those ranked in the top LOOSE_TOP_K for loose_filter)."""
+    those ranked in the top LOOSE_TOP_K for loose_filter; less the title-style rows for no_title)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,6 +144,16 @@ def variant_data(name: str, run: Path, out: Path) -> list[dict]:
         raise SystemExit(f"{train_dir}/rows.parquet not found: run `embedforge pipeline --config configs/adapt.yaml` "
                          "(at least its generate and split stages) first and pass its run folder as --run")
     sources = [{"path": str(train_dir), "ratio": 1.0}]
+    if name == "no_title":
+        from embedforge.generate.corpus import style_of_id
+
+        subset_dir = out / "data" / "no_title"
+        if not (subset_dir / "rows.parquet").is_file():
+            rows = pq.read_table(train_dir / "rows.parquet").to_pylist()
+            subset_dir.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist([r for r in rows if style_of_id(r["id"]) != "title"],
+                                                schema=arrow_schema()), subset_dir / "rows.parquet")
+        return [{"path": str(subset_dir), "ratio": 1.0}]
     if name in ("no_consistency", "loose_filter"):
         max_rank = LOOSE_TOP_K if name == "loose_filter" else None
         extra_dir = out / "data" / ("consistency_rejects" + (f"_top{max_rank}" if max_rank else ""))
