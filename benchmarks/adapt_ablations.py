@@ -14,8 +14,9 @@ runner. Variants differ from ``adapted`` (the config as shipped) in one thing ea
     loose_filter      + the rejected pairs whose chunk ranked in the filter's top 50 (a looser
                       generate.corpus.consistency.top_k, without generating again: the reject log
                       records each reject's rank)
-    no_title          the kept pairs less those of the title style (generate.corpus.styles.title=0,
-                      without generating again: the style is in each row's id)
+    no_title          the kept pairs less those of the title style: what generate.corpus.styles.title=0
+                      (adapt.yaml's mix since 2026-12-04) keeps of a run generated with titles, without
+                      generating again (the style is in each row's id); on a run without titles, adapted
     plain_mining      train.mining_max_positive_ratio=null: the student's top-30 taken as they come
     masking           train.guide_model=all-minilm-l6-v2: GISTEmbed-style false-negative masking
     smollm2_student   SmolLM2-135M + LoRA as the student instead of MiniLM (same pairs)
