@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
+PATHS = ("train", "encode", "serve")
 TEXTS = ["A man is playing a guitar.", "A woman slices an onion.", "Stock markets fell sharply today.",
          "The cat sleeps on the sofa.", "Two dogs run across a field.", "Someone is cooking dinner.",
          "A plane takes off from the runway.", "Children play soccer in the park."]
@@ -104,7 +105,14 @@ def _run_paths(device: str, work: Path) -> list[dict]:
     backbone = build_random_llama(work / "random-llama")
     cfg = smoke_config(work, backbone, write_pairs(work / "pairs"), gpu)
     # One local instance for all three paths, started as `embedforge serve` starts it (HAProxy ingress).
-    init_ray(local_env=lambda: serve_ingress_env(cfg.serve))
+    # If it cannot start (a package or the embedforge-haproxy command missing on a fresh GPU node), every
+    # path fails with the reason and gpu_check.py still runs its measurement.
+    try:
+        init_ray(local_env=lambda: serve_ingress_env(cfg.serve))
+    except Exception as exc:
+        traceback.print_exc()
+        reason = f"skipped: Ray did not start: {type(exc).__name__}: {exc}"
+        return [_record(name, lambda: _raise(reason)) for name in PATHS]
     state: dict = {}
 
     def train():
@@ -149,14 +157,14 @@ def _run_paths(device: str, work: Path) -> list[dict]:
 
     records = [_record("train", train)]
     for name, fn in (("encode", encode), ("serve", serve)):
-        if "st" not in state:
-            fn = _skipped  # both need the trained model
+        if "st" not in state:  # both need the trained model
+            fn = lambda: _raise("skipped: training did not export a model")  # noqa: E731
         records.append(_record(name, fn))
     return records
 
 
-def _skipped():
-    raise RuntimeError("skipped: training did not export a model")
+def _raise(reason: str):
+    raise RuntimeError(reason)
 
 
 def main(argv=None) -> int:
