@@ -29,6 +29,14 @@ class WorkerPlan(BaseModel):
     pooling: str  # the student's pooling (train/runner.py: student_settings)
     # The frozen guide model of false-negative masking (train.guide_model; train/guide.py), null: off.
     guide: EmbedderSpec | None = None
+    seed: int = 0  # run.seed: the trainable weights' initial values and every step's dropout draw from it
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of one worker's step: dropout is a function of (run.seed, rank, step), so a rerun
+    repeats every step, and so does a run resumed from a checkpoint (a seed set once at the start would
+    give the steps after a restart other masks than the first attempt's)."""
+    return ((seed * 1_000_003 + step) * 1_009 + rank) % 2**63
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -69,6 +77,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Under ZeRO-3 every worker builds the backbone partitioned, in the training precision; LoRA or
     # every weight trainable (train.finetune).
     dtype, zero3_config = backbone_loading(train)
+    torch.manual_seed(plan.seed)  # the same on every rank: LoRA's initial weights
     model = load_trainable_model(backbone_path, train, dtype, zero3_config)
     total_steps = plan.total_steps
     engine, _ = init_engine(model, train, total_steps)
@@ -103,6 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
         epoch = int(record["epoch"])
         local = worker_slice(record, rank, world_size)
         t0 = time.perf_counter()
+        torch.manual_seed(step_seed(plan.seed, rank, step))
         metrics = train_step(engine, local, pad, train, pooling=plan.pooling, guide=guide)
         seconds = time.perf_counter() - t0
         step += 1

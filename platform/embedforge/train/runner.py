@@ -184,7 +184,7 @@ def train_model(cfg) -> TrainResult:
         train_loop_per_worker,
         train_loop_config=WorkerPlan(
             train=train, backbone=backbone, out_dir=published, total_steps=steps,
-            pooling=student.pooling, guide=guide_spec(cfg.model, train.guide_model),
+            pooling=student.pooling, guide=guide_spec(cfg.model, train.guide_model), seed=cfg.run.seed,
         ).model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker, **train.resources_per_worker}),
