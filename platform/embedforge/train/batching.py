@@ -168,12 +168,17 @@ def _batch_record(batch: list[dict], negatives_per_query: int, seed: int) -> dic
     }
 
 
+def derived_seed(seed: int, label: str) -> int:
+    """A seed of its own for one use of the run's seed (``label`` names the use): 48 bits of a hash."""
+    return int(hashlib.sha1(f"{seed}/{label}".encode()).hexdigest()[:12], 16)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The planning seed of one epoch: each epoch deals its own batches (as a shuffling sampler does),
     so the rows that fill no batch differ from epoch to epoch. Epoch 0 plans with the run's seed."""
     if epoch == 0:
         return seed
-    return int(hashlib.sha1(f"{seed}/epoch {epoch}".encode()).hexdigest()[:12], 16)
+    return derived_seed(seed, f"epoch {epoch}")
 
 
 def batch_order_key(first_id: str, seed: int) -> str:

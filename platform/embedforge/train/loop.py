@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from embedforge.config.train import TrainConfig
 from embedforge.embedders import EmbedderSpec
-from embedforge.train.batching import count_tokens, worker_slice
+from embedforge.train.batching import count_tokens, derived_seed, worker_slice
 from embedforge.train.collectives import check_same_batch, sum_over_workers
 
 CHECKPOINT_TAG = "state"
@@ -36,7 +36,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     """The torch seed of one worker's step: dropout is a function of (run.seed, rank, step), so a rerun
     repeats every step, and so does a run resumed from a checkpoint (a seed set once at the start would
     give the steps after a restart other masks than the first attempt's)."""
-    return ((seed * 1_000_003 + step) * 1_009 + rank) % 2**63
+    return derived_seed(seed, f"rank {rank} step {step}")
 
 
 def train_loop_per_worker(config: dict) -> None:
