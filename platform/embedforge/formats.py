@@ -117,6 +117,15 @@ def read_beir(folder: str | Path, split: str, judged_only: bool = False) -> dict
     return {"corpus": corpus, "queries": {q: queries[q]["text"] for q in qrels}, "relevant_docs": qrels}
 
 
+def labeled_beir_folder(path: str | Path, split: str) -> Path | None:
+    """The BEIR folder ``path`` names (the folder, or its ``corpus.jsonl``) when it also holds labeled
+    queries for ``split`` (``queries.jsonl`` and ``qrels/<split>.tsv``); None for anything else."""
+    p = Path(path).expanduser()
+    folder = p.parent if p.name == "corpus.jsonl" else p
+    has = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
+    return folder if all(f.is_file() for f in has) else None
+
+
 def document_text(doc: dict[str, str]) -> str:
     """A BEIR document as the one text a model encodes: title, a space, text (as mteb joins them)."""
     return f"{doc.get('title') or ''} {doc['text']}".strip()

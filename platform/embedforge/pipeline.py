@@ -79,6 +79,10 @@ def _section(cfg, dotted: str):
         key = dotted.split(".", 1)[1]
         data = cfg.pipeline.model_dump(mode="json")
         return {k: v for k, v in data.items() if k.startswith(key)}
+    if dotted == "evaluate.local_tasks":  # as evaluated: with the corpus's labeled queries when they count
+        from embedforge.evaluate.tasks import evaluated_local_tasks
+
+        return _jsonable(evaluated_local_tasks(cfg))
     value = cfg
     for part in dotted.split("."):
         value = getattr(value, part)

@@ -15,7 +15,7 @@ from embedforge.config.evaluate import EvaluateConfig, LocalTaskConfig
 from embedforge.encode_pool import join_by_id, length_sorted_rows
 from embedforge.evaluate.cache import EmbeddingCache, model_fingerprint, namespace_key, text_hash
 from embedforge.evaluate.summary import summary_table, to_markdown, write_summary
-from embedforge.evaluate.tasks import local_task, read_classification
+from embedforge.evaluate.tasks import evaluated_local_tasks, local_task, read_classification
 from embedforge.evaluate.wrapper import task_instruction
 from embedforge.formats import FormatError, write_beir
 
@@ -245,6 +245,68 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="a baseline needs a model, published scores, or both"):
         load_config(None, ["evaluate.baselines={x: {}}"])
     assert EvaluateConfig().tasks == [] and EvaluateConfig().num_actors == 1
+
+
+# ------------------------------------------------- evaluate.corpus_labels: the corpus's own labeled queries
+
+
+def _corpus_cfg(tmp_path, path, *extra):
+    return load_config(None, [f"run.output_dir={tmp_path}", f"generate.corpus={{path: {path}}}",
+                              "evaluate.corpus_labels={split: test}", *extra])
+
+
+def test_a_beir_corpus_with_qrels_is_scored_on_them_under_the_papers_spelling_of_its_name(tmp_path):
+    folder = _beir_folder(tmp_path / "scifact")
+    for path in (folder, folder / "corpus.jsonl"):  # the folder, or its corpus.jsonl
+        (task,) = evaluated_local_tasks(_corpus_cfg(tmp_path, path))
+        assert (task.kind, task.name, task.split, Path(task.path)) == ("beir", "SciFact", "test", folder)
+    (task,) = evaluated_local_tasks(_corpus_cfg(tmp_path, folder, "evaluate.corpus_labels.name=MyDocs"))
+    assert task.name == "MyDocs"
+    # a folder the table does not name keeps its own name
+    other = _beir_folder(tmp_path / "notes_v2")
+    assert [t.name for t in evaluated_local_tasks(_corpus_cfg(tmp_path, other))] == ["notes_v2"]
+    # what evaluation (and the contamination filter) builds: the task, its judged query read from the folder
+    from embedforge.evaluate.runner import build_tasks
+
+    (built,) = build_tasks(_corpus_cfg(tmp_path, folder))
+    assert built.metadata.name == "SciFact" and built.metadata.type == "Retrieval"
+    assert list(built.dataset["default"]["test"]["queries"]["text"]) == ["what sound do cats make"]
+
+
+def test_a_corpus_without_labeled_queries_adds_no_task(tmp_path):
+    folder = _beir_folder(tmp_path / "scifact")
+    (folder / "qrels" / "test.tsv").unlink()  # no qrels for the split
+    assert evaluated_local_tasks(_corpus_cfg(tmp_path, folder)) == []
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("# A note\nSome text.")
+    assert evaluated_local_tasks(_corpus_cfg(tmp_path, tmp_path / "notes")) == []
+    labeled = _beir_folder(tmp_path / "labeled")
+    assert evaluated_local_tasks(_corpus_cfg(tmp_path, labeled, "evaluate.corpus_labels=null")) == []
+    assert evaluated_local_tasks(_corpus_cfg(tmp_path, labeled, "evaluate.corpus_labels.split=dev")) == []
+
+
+def test_corpus_labels_neither_repeat_a_local_task_nor_take_its_name(tmp_path):
+    folder = _beir_folder(tmp_path / "scifact")
+    same = _corpus_cfg(tmp_path, folder, f"evaluate.local_tasks=[{{kind: beir, path: {folder}/, name: SciFact}}]")
+    assert [t.name for t in evaluated_local_tasks(same)] == ["SciFact"]
+    other = _beir_folder(tmp_path / "other")
+    with pytest.raises(ConfigError, match="evaluate.corpus_labels: .* task 'SciFact', a name another evaluated task has"):
+        evaluated_local_tasks(_corpus_cfg(tmp_path, folder, f"evaluate.local_tasks=[{{kind: beir, path: {other}, name: SciFact}}]"))
+
+
+def test_corpus_labels_fingerprint_as_the_local_task_they_stand_for(tmp_path):
+    """A run configured with the folder as a local task and one with corpus_labels generate the same data
+    (the contamination filter guards the same queries): the generate stage's fingerprint agrees."""
+    from embedforge.pipeline import stage_fingerprints
+
+    folder = _beir_folder(tmp_path / "scifact")
+    guard = "generate.contamination.against_evaluation=true"
+    derived = _corpus_cfg(tmp_path, folder, guard)
+    explicit = load_config(None, [f"run.output_dir={tmp_path}", f"generate.corpus={{path: {folder}}}", guard,
+                                  f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: SciFact}}]"])
+    without = load_config(None, [f"run.output_dir={tmp_path}", f"generate.corpus={{path: {folder}}}", guard])
+    assert stage_fingerprints(derived)["generate"] == stage_fingerprints(explicit)["generate"]
+    assert stage_fingerprints(derived)["generate"] != stage_fingerprints(without)["generate"]
 
 
 def test_runner_rejects_no_tasks_and_bad_folders_before_loading_models(tmp_path):

@@ -44,6 +44,25 @@ class LocalTaskConfig(Section):
         return v
 
 
+class CorpusLabelsConfig(Section):
+    """Score on the corpus's own labeled queries when ``generate.corpus`` has them: a BEIR folder (or its
+    corpus.jsonl) beside ``queries.jsonl`` and ``qrels/<split>.tsv``, as BEIR data sets ship. The same
+    config then measures itself on a benchmark corpus (SciFact) and runs unchanged on a folder of notes,
+    which has none (the run says so and scores the held-out generated queries only)."""
+
+    split: str = "test"
+    # The task's name; None: the folder's name, spelled as the paper's instruction table spells it when
+    # it names that task (scifact -> SciFact: MTEB's metadata and the paper's instruction follow the name).
+    name: str | None = None
+
+    @field_validator("split")
+    @classmethod
+    def _split_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give the split whose qrels score the corpus (qrels/<split>.tsv), e.g. test")
+        return v
+
+
 class BaselineConfig(Section):
     """A model to compare against: encoded through the same harness, and/or published scores."""
 
@@ -66,6 +85,8 @@ class EvaluateConfig(Section):
     tasks: list[str] = Field(default_factory=list)
     # ... and local folder tasks (offline).
     local_tasks: list[LocalTaskConfig] = Field(default_factory=list)
+    # ... and the corpus's own labeled queries, when generate.corpus has them (null: never).
+    corpus_labels: CorpusLabelsConfig | None = None
     # {task name: instruction text}; wins over the paper's table (resources/instructions.yaml). Whether
     # the model takes instructions at all is model.instructions (a baseline's: its own `instructions`).
     task_instructions: dict[str, str] = Field(default_factory=dict)

@@ -19,7 +19,7 @@ from embedforge.config.base import ConfigError
 from embedforge.evaluate.leaderboard import leaderboard_meta, save_result
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
-from embedforge.evaluate.tasks import local_task, named_task
+from embedforge.evaluate.tasks import evaluated_local_tasks, local_task, named_task
 from embedforge.evaluate.wrapper import EmbedforgeModel
 
 
@@ -48,11 +48,13 @@ class EvaluateResult(BaseModel):
     leaderboard_dir: str = ""
 
 
-def build_tasks(ecfg) -> list:
-    if not ecfg.tasks and not ecfg.local_tasks:
+def build_tasks(cfg) -> list:
+    """The evaluated tasks: MTEB's named ones, then the local ones (the corpus's labeled queries last)."""
+    local = evaluated_local_tasks(cfg)
+    if not cfg.evaluate.tasks and not local:
         raise ConfigError("evaluate: no tasks configured; give MTEB task names in evaluate.tasks "
                           "and/or folders in evaluate.local_tasks (kind: beir|sts|classification, path, name)")
-    return [named_task(n) for n in ecfg.tasks] + [local_task(t) for t in ecfg.local_tasks]
+    return [named_task(n) for n in cfg.evaluate.tasks] + [local_task(t) for t in local]
 
 
 def output_paths(cfg) -> tuple[Path, str | None]:
@@ -96,7 +98,10 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
 def evaluate_model(cfg) -> EvaluateResult:
     ecfg = cfg.evaluate
     out_dir, cache_dir = output_paths(cfg)
-    tasks = build_tasks(ecfg)
+    tasks = build_tasks(cfg)
+    if ecfg.corpus_labels and cfg.generate.corpus and len(evaluated_local_tasks(cfg)) == len(ecfg.local_tasks):
+        print(f"evaluate.corpus_labels: generate.corpus.path {cfg.generate.corpus.path!r} has no labeled queries "
+              f"(queries.jsonl and qrels/{ecfg.corpus_labels.split}.tsv beside corpus.jsonl): not scored on them", flush=True)
     runs = models_to_run(cfg)
     for _label, spec, _ in runs:
         spec.resolved_path()  # a missing model path fails here, before any encoding

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from embedforge.config.base import ConfigError
 from embedforge.config.evaluate import LocalTaskConfig
-from embedforge.formats import FormatError, read_beir, read_classification_file, read_sts_file
+from embedforge.formats import (
+    FormatError,
+    labeled_beir_folder,
+    read_beir,
+    read_classification_file,
+    read_sts_file,
+)
 
 KIND_TO_TYPE = {"beir": "Retrieval", "sts": "STS", "classification": "Classification"}
 
@@ -31,6 +37,25 @@ def read_classification(folder: str | Path, split: str) -> dict[str, list[dict]]
     if unseen:
         raise FormatError(f"{folder / f'{split}.tsv'}: labels not in train.tsv: {', '.join(unseen[:5])}")
     return {"train": train, split: test}
+
+
+def evaluated_local_tasks(cfg) -> list[LocalTaskConfig]:
+    """``evaluate.local_tasks`` plus, with ``evaluate.corpus_labels`` set, the corpus's own labeled queries
+    when ``generate.corpus`` is a BEIR folder that has them and no local task reads that folder's split
+    already. Resolved from the corpus on every call, never stored in the config."""
+    from embedforge.instructions import named_instructions
+
+    tasks, labels, corpus = list(cfg.evaluate.local_tasks), cfg.evaluate.corpus_labels, cfg.generate.corpus
+    folder = labeled_beir_folder(corpus.path, labels.split) if labels and corpus and corpus.format in ("auto", "beir") else None
+    if folder is None or any(t.kind == "beir" and t.split == labels.split and Path(t.path).expanduser().resolve() == folder.resolve()
+                             for t in tasks):
+        return tasks
+    own = folder.resolve().name
+    name = labels.name or {n.lower(): n for n in named_instructions()}.get(own.lower(), own)
+    if name in list(cfg.evaluate.tasks) + [t.name for t in tasks]:
+        raise ConfigError(f"evaluate.corpus_labels: the corpus's labeled queries would be task {name!r}, a name "
+                          "another evaluated task has; give evaluate.corpus_labels.name")
+    return tasks + [LocalTaskConfig(kind="beir", path=str(folder), name=name, split=labels.split)]
 
 
 # ---------------------------------------------------------------------------------- mteb tasks

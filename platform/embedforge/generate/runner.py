@@ -423,14 +423,17 @@ def _contamination_index(cfg, cache_dir: Path):
 
     c = cfg.generate.contamination
     tasks, keys = [], []
-    if c.against_evaluation and (cfg.evaluate.tasks or cfg.evaluate.local_tasks):
+    from embedforge.evaluate.tasks import evaluated_local_tasks
+
+    local = evaluated_local_tasks(cfg)
+    if c.against_evaluation and (cfg.evaluate.tasks or local):
         from embedforge.evaluate.runner import build_tasks
         from embedforge.storage import file_stamps
 
-        tasks = build_tasks(cfg.evaluate)
+        tasks = build_tasks(cfg)
         named = tasks[: len(cfg.evaluate.tasks)]
         keys = [f"{t.metadata.name}@{t.metadata.dataset.get('revision')}" for t in named]
-        keys += [f"{lt.name}:{lt.path}:{json.dumps(file_stamps(str(lt.path)))}" for lt in cfg.evaluate.local_tasks]
+        keys += [f"{lt.name}:{lt.path}:{json.dumps(file_stamps(str(lt.path)))}" for lt in local]
     if not c.eval_files and not tasks:
         return None, None
     import ray
