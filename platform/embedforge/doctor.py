@@ -308,6 +308,8 @@ def config_paths(cfg) -> list[tuple[str, str]]:
     """(config key, path) for every input file or folder the config names."""
     # (a labeled set read from the Hugging Face hub names no local path)
     out = [(f"generate.labeled[{i}].path", d.path) for i, d in enumerate(cfg.generate.labeled) if d.path]
+    if cfg.generate.corpus is not None:  # the documents corpus-grounded generation reads
+        out.append(("generate.corpus.path", cfg.generate.corpus.path))
     out += [(f"generate.contamination.eval_files[{i}]", p) for i, p in enumerate(cfg.generate.contamination.eval_files)]
     out += [(f"evaluate.local_tasks[{i}].path", t.path) for i, t in enumerate(cfg.evaluate.local_tasks)]
     run_dir = str(cfg.run.dir)

@@ -32,6 +32,15 @@ def test_missing_data_path_fails_naming_the_key(repo_root, tmp_path):
     assert "1 of 2 paths missing" in check.detail
 
 
+def test_the_corpus_a_run_adapts_to_is_checked(repo_root, tmp_path):
+    cfg = load_config(repo_root / "configs" / "adapt.yaml", [f"generate.corpus.path={tmp_path / 'my-docs'}"])
+    assert [k for k, _ in config_paths(cfg)] == ["generate.corpus.path"]
+    check = check_data(cfg)
+    assert check.status == FAIL and f"generate.corpus.path = {tmp_path / 'my-docs'}" in check.detail
+    (tmp_path / "my-docs").mkdir()
+    assert check_data(cfg).status == OK
+
+
 def test_verdict_line_shows_the_fix_only_when_something_is_wrong():
     assert Check("cpu", OK, "2 threads", "never shown").line() == "  ok    cpu                2 threads"
     line = Check("llama.cpp build", FAIL, "crashed", "reinstall it\nthen rerun").line()
