@@ -185,10 +185,21 @@ def tuned_model(cfg, results: dict) -> EmbedforgeConfig:
     return with_values(cfg, **{"model.backbone": results["train"].merged, "model.adapter": None})
 
 
-def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
+def run_local_tasks(cfg, results: dict) -> list[dict]:
+    """The local tasks the evaluate stage scores: the configured ones, plus the split's held-out queries
+    when it held any out (a run of labeled sets alone holds none out: they have their own tasks)."""
     local = [t.model_dump() for t in cfg.evaluate.local_tasks]
-    if "split" in cfg.pipeline.stages and "split" in results:
-        local.append({"kind": "beir", "path": results["split"].heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
+    split = results.get("split") if "split" in cfg.pipeline.stages else None
+    if split is not None and split.heldout_queries > 0:
+        local.append({"kind": "beir", "path": split.heldout_dir, "name": "HeldoutRetrieval", "split": "test"})
+    elif split is not None:
+        print(f"evaluate: no held-out queries (no generated rows of pipeline.heldout_groups "
+              f"{cfg.pipeline.heldout_groups}): HeldoutRetrieval is not scored", flush=True)
+    return local
+
+
+def stage_evaluate(cfg, run_dir: Path, results: dict) -> EvaluateResult:
+    local = run_local_tasks(cfg, results)
     baselines = {k: v.model_dump() for k, v in cfg.evaluate.baselines.items()}
     if cfg.pipeline.compare_with_backbone:
         baselines.setdefault("backbone", {"model": cfg.model.backbone, "instructions": cfg.model.instructions})

@@ -89,8 +89,9 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
         parts += [f"Labeled set `{name}`: {rows} rows", ""]
     split = results.get("split")
     if split:
-        parts += [f"Training rows: {split.train_rows}; held-out retrieval task: "
-                  f"{split.heldout_queries} queries over {split.heldout_corpus} documents.", ""]
+        held = (f"{split.heldout_queries} queries over {split.heldout_corpus} documents" if split.heldout_queries
+                else "none (no generated rows of the held-out groups; labeled sets are scored by their own tasks)")
+        parts += [f"Training rows: {split.train_rows}; held-out retrieval task: {held}.", ""]
 
     train = results.get("train")
     if train:

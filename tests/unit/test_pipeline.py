@@ -108,3 +108,19 @@ def test_a_run_in_object_storage_trains_from_the_storage_copy(tmp_path):
     split = SplitResult(train_data=str(work / "pipeline" / "train_data"), heldout_dir=str(work / "heldout"),
                         train_rows=10, heldout_queries=4, heldout_corpus=8)
     assert [s["path"] for s in training_sources(cfg, work, {"split": split})] == ["s3://bucket/runs/r1/pipeline/train_data"]
+
+
+def test_the_held_out_task_is_scored_only_when_the_split_held_queries_out(tmp_path, capsys):
+    """A run of labeled sets alone (cpu-quality.yaml with generate.num_rows=0) holds nothing out: its
+    evaluation scores the configured tasks instead of failing on an empty held-out folder after training."""
+    from embedforge.pipeline import run_local_tasks
+
+    cfg = load_config(None, ["pipeline.stages=[generate,split,train,evaluate]"])
+    held = _split_result(tmp_path)
+    assert [t["name"] for t in run_local_tasks(cfg, {"split": held})] == ["HeldoutRetrieval"]
+    assert run_local_tasks(cfg, {"split": held})[0]["path"] == str(tmp_path / "h")
+    none_held = held.model_copy(update={"heldout_queries": 0, "heldout_corpus": 0})
+    assert run_local_tasks(cfg, {"split": none_held}) == []
+    assert "no held-out queries" in capsys.readouterr().out
+    no_split = load_config(None, ["pipeline.stages=[generate,train,evaluate]"])
+    assert run_local_tasks(no_split, {"split": held}) == []
