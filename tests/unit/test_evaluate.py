@@ -268,7 +268,7 @@ def test_a_beir_corpus_with_qrels_is_scored_on_them_under_the_papers_spelling_of
     # what evaluation (and the contamination filter) builds: the task, its judged query read from the folder
     from embedforge.evaluate.runner import build_tasks
 
-    (built,) = build_tasks(_corpus_cfg(tmp_path, folder))
+    (built,) = build_tasks([], evaluated_local_tasks(_corpus_cfg(tmp_path, folder)))
     assert built.metadata.name == "SciFact" and built.metadata.type == "Retrieval"
     assert list(built.dataset["default"]["test"]["queries"]["text"]) == ["what sound do cats make"]
 
@@ -292,6 +292,24 @@ def test_corpus_labels_neither_repeat_a_local_task_nor_take_its_name(tmp_path):
     other = _beir_folder(tmp_path / "other")
     with pytest.raises(ConfigError, match="evaluate.corpus_labels: .* task 'SciFact', a name another evaluated task has"):
         evaluated_local_tasks(_corpus_cfg(tmp_path, folder, f"evaluate.local_tasks=[{{kind: beir, path: {other}, name: SciFact}}]"))
+
+
+def test_evaluation_says_so_only_when_the_corpus_has_no_labeled_queries(tmp_path, capsys):
+    from embedforge.evaluate.runner import evaluate_model
+
+    folder = _beir_folder(tmp_path / "scifact")
+    missing_model = "evaluate.baselines={b: {model: /nonexistent/base}}"  # stops the run before any encoding
+    # the corpus's folder named again as a local task: scored once, and it has labels (nothing to say)
+    same = _corpus_cfg(tmp_path, folder, missing_model, f"evaluate.local_tasks=[{{kind: beir, path: {folder}, name: SciFact}}]")
+    with pytest.raises(ConfigError, match="/nonexistent/base"):
+        evaluate_model(same)
+    assert "has no labeled queries" not in capsys.readouterr().out
+    (folder / "qrels" / "test.tsv").unlink()
+    other = _beir_folder(tmp_path / "other")
+    unlabeled = _corpus_cfg(tmp_path, folder, missing_model, f"evaluate.local_tasks=[{{kind: beir, path: {other}, name: T}}]")
+    with pytest.raises(ConfigError, match="/nonexistent/base"):
+        evaluate_model(unlabeled)
+    assert "has no labeled queries" in capsys.readouterr().out
 
 
 def test_corpus_labels_fingerprint_as_the_local_task_they_stand_for(tmp_path):

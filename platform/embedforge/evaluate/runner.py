@@ -19,7 +19,7 @@ from embedforge.config.base import ConfigError
 from embedforge.evaluate.leaderboard import leaderboard_meta, save_result
 from embedforge.evaluate.spec import ModelSpec
 from embedforge.evaluate.summary import summary_table, write_summary
-from embedforge.evaluate.tasks import evaluated_local_tasks, local_task, named_task
+from embedforge.evaluate.tasks import corpus_labels_folder, evaluated_local_tasks, local_task, named_task
 from embedforge.evaluate.wrapper import EmbedforgeModel
 
 
@@ -48,13 +48,13 @@ class EvaluateResult(BaseModel):
     leaderboard_dir: str = ""
 
 
-def build_tasks(cfg) -> list:
-    """The evaluated tasks: MTEB's named ones, then the local ones (the corpus's labeled queries last)."""
-    local = evaluated_local_tasks(cfg)
-    if not cfg.evaluate.tasks and not local:
+def build_tasks(names: list[str], local: list) -> list:
+    """The evaluated tasks: MTEB's ``names``, then the ``local`` ones (``evaluated_local_tasks``: the
+    configured folders, the corpus's labeled queries last)."""
+    if not names and not local:
         raise ConfigError("evaluate: no tasks configured; give MTEB task names in evaluate.tasks "
                           "and/or folders in evaluate.local_tasks (kind: beir|sts|classification, path, name)")
-    return [named_task(n) for n in cfg.evaluate.tasks] + [local_task(t) for t in local]
+    return [named_task(n) for n in names] + [local_task(t) for t in local]
 
 
 def output_paths(cfg) -> tuple[Path, str | None]:
@@ -98,8 +98,8 @@ def models_to_run(cfg) -> list[tuple[str, ModelSpec, bool]]:
 def evaluate_model(cfg) -> EvaluateResult:
     ecfg = cfg.evaluate
     out_dir, cache_dir = output_paths(cfg)
-    tasks = build_tasks(cfg)
-    if ecfg.corpus_labels and cfg.generate.corpus and len(evaluated_local_tasks(cfg)) == len(ecfg.local_tasks):
+    tasks = build_tasks(ecfg.tasks, evaluated_local_tasks(cfg))
+    if ecfg.corpus_labels and cfg.generate.corpus and corpus_labels_folder(cfg) is None:
         print(f"evaluate.corpus_labels: generate.corpus.path {cfg.generate.corpus.path!r} has no labeled queries "
               f"(queries.jsonl and qrels/{ecfg.corpus_labels.split}.tsv beside corpus.jsonl): not scored on them", flush=True)
     runs = models_to_run(cfg)

@@ -39,14 +39,22 @@ def read_classification(folder: str | Path, split: str) -> dict[str, list[dict]]
     return {"train": train, split: test}
 
 
+def corpus_labels_folder(cfg) -> Path | None:
+    """The BEIR folder whose labeled queries ``evaluate.corpus_labels`` scores: ``generate.corpus`` when
+    it is one with ``qrels/<split>.tsv``; None when corpus_labels is off or the corpus has none."""
+    labels, corpus = cfg.evaluate.corpus_labels, cfg.generate.corpus
+    if not (labels and corpus and corpus.format in ("auto", "beir")):
+        return None
+    return labeled_beir_folder(corpus.path, labels.split)
+
+
 def evaluated_local_tasks(cfg) -> list[LocalTaskConfig]:
     """``evaluate.local_tasks`` plus, with ``evaluate.corpus_labels`` set, the corpus's own labeled queries
     when ``generate.corpus`` is a BEIR folder that has them and no local task reads that folder's split
     already. Resolved from the corpus on every call, never stored in the config."""
     from embedforge.instructions import named_instructions
 
-    tasks, labels, corpus = list(cfg.evaluate.local_tasks), cfg.evaluate.corpus_labels, cfg.generate.corpus
-    folder = labeled_beir_folder(corpus.path, labels.split) if labels and corpus and corpus.format in ("auto", "beir") else None
+    tasks, labels, folder = list(cfg.evaluate.local_tasks), cfg.evaluate.corpus_labels, corpus_labels_folder(cfg)
     if folder is None or any(t.kind == "beir" and t.split == labels.split and Path(t.path).expanduser().resolve() == folder.resolve()
                              for t in tasks):
         return tasks

@@ -430,7 +430,7 @@ def _contamination_index(cfg, cache_dir: Path):
         from embedforge.evaluate.runner import build_tasks
         from embedforge.storage import file_stamps
 
-        tasks = build_tasks(cfg)
+        tasks = build_tasks(cfg.evaluate.tasks, local)
         named = tasks[: len(cfg.evaluate.tasks)]
         keys = [f"{t.metadata.name}@{t.metadata.dataset.get('revision')}" for t in named]
         keys += [f"{lt.name}:{lt.path}:{json.dumps(file_stamps(str(lt.path)))}" for lt in local]
