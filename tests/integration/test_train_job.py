@@ -135,6 +135,11 @@ def test_rerun_after_driver_kill_resumes_from_the_checkpoint(resumed_run):
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["sources"][0] == {"path": summary["sources"][0]["path"], "rows": 25, "valid": 24}
     assert summary["total_steps"] == MAX_STEPS
+    # Each step logs its batch's group (same-task batches, or "mixed" leftovers); the summary reads them back.
+    groups = {m["group"] for m in rows}
+    assert groups and groups <= {"short_long", "sts", "mixed"}, groups
+    assert set(summary["loss_by_group"]) == groups
+    assert sum(g["steps"] for g in summary["loss_by_group"].values()) == MAX_STEPS
     # Merging and the sentence-transformers export ran in their own Ray task, after the worker group.
     assert summary["exported_by"] and summary["merged"].endswith("merged")
     ckpt = Path(summary["checkpoint"])

@@ -72,6 +72,27 @@ def test_report_reads_typed_results_and_leaves_out_stages_that_did_not_run(tmp_p
     assert out.loss_png is None and out.scores_png is None
 
 
+def test_report_shows_the_loss_per_batch_group_when_there_are_several(tmp_path):
+    from embedforge.report import write_report
+    from embedforge.train.runner import TrainResult
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}"])
+    per_group = {"retrieval": {"steps": 2, "first": 2.4, "median": 2.15, "last": 1.9},
+                 "sts_pairs": {"steps": 3, "first": 0.9, "median": 0.5, "last": 0.5}}
+    train = TrainResult(sources=[], mixed_rows=0, steps_per_epoch=[5], mixed_batches=[0], rows_dropped_per_epoch=[0],
+                        total_steps=5, final_metrics={"step": 5, "loss": 0.5}, checkpoint=None, adapter=None,
+                        merged="m", sentence_transformers="st", metrics="metrics.jsonl", loss_curve="none.png",
+                        loss_by_group=per_group)
+    text = open(write_report(cfg, tmp_path, {"train": train}).markdown).read()
+    assert "| retrieval | 2 | 2.4 | 2.15 | 1.9 |" in text and "| sts_pairs | 3 | 0.9 | 0.5 | 0.5 |" in text
+    one = train.model_copy(update={"loss_by_group": {"retrieval": per_group["retrieval"]}})
+    assert "batch group" not in open(write_report(cfg, tmp_path, {"train": one}).markdown).read()
+    # A summary written before groups were logged still reads.
+    old = json.loads(train.model_dump_json())
+    del old["loss_by_group"]
+    assert TrainResult.model_validate(old).loss_by_group == {}
+
+
 def test_pipeline_stage_names_validated():
     from embedforge.config.base import ConfigError
 

@@ -113,6 +113,25 @@ def test_loss_curve_keeps_the_latest_value_of_a_rerun_step(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 
+def test_loss_by_group_reads_each_groups_own_curve(tmp_path):
+    from embedforge.train.runner import loss_by_group, read_step_metrics
+
+    # Same-task batches: the overall curve zigzags (0.9, 2.4, 0.1, 2.0, ...); each group's falls.
+    lines = [{"step": 1, "loss": 0.9, "group": "sts_pairs"}, {"step": 2, "loss": 2.4, "group": "retrieval"},
+             {"step": 3, "loss": 0.1, "group": "sts_pairs"}, {"step": 4, "loss": 2.0, "group": "retrieval"},
+             {"step": 4, "loss": 1.9, "group": "retrieval"},  # step 4 re-run after a restart: the latest counts
+             {"step": 5, "loss": 0.5, "group": "sts_pairs"}, {"step": 6, "loss": 1.0}]  # no group: an older line
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    steps = read_step_metrics(tmp_path / "m.jsonl")
+    assert [m["step"] for m in steps] == [1, 2, 3, 4, 5, 6] and steps[3]["loss"] == 1.9
+    assert loss_by_group(steps) == {
+        "retrieval": {"steps": 2, "first": 2.4, "median": 2.15, "last": 1.9},
+        "sts_pairs": {"steps": 3, "first": 0.9, "median": 0.5, "last": 0.5},
+    }
+    plot_loss_curve(tmp_path / "m.jsonl", tmp_path / "loss.png")  # one series per group, and "all"
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
 def test_run_fails_before_ray_when_a_lora_target_is_absent(tmp_path):
     from embedforge.config import load_config
     from embedforge.train.runner import train_model

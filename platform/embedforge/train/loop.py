@@ -117,7 +117,9 @@ def train_loop_per_worker(config: dict) -> None:
         seconds = time.perf_counter() - t0
         step += 1
         tokens = sum_over_workers(count_tokens(local), device)
-        metrics.update(step=step, epoch=epoch, seconds=seconds, tokens_per_s=tokens / seconds,
+        # The batch's group: batches are same-task, so the loss jumps between groups (an easy paraphrase
+        # batch near 0, a retrieval batch near 2); the summary and the loss curve read it per group.
+        metrics.update(step=step, epoch=epoch, group=str(record["group"]), seconds=seconds, tokens_per_s=tokens / seconds,
                        examples_per_s=len(record["query_ids"]) / seconds, resumed_from=start_step)
         if rank == 0:
             with open(metrics_path, "a") as fh:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,8 @@ class TrainResult(BaseModel):
     rows_dropped_per_epoch: list[int]  # leftover rows that filled no batch
     total_steps: int
     final_metrics: dict[str, Any] = Field(default_factory=dict)  # the last step's reported metrics
+    # Per batch group: steps, first / median / last loss (``loss_by_group``); empty for older runs.
+    loss_by_group: dict[str, dict[str, float]] = Field(default_factory=dict)
     checkpoint: str | None
     adapter: str | None
     merged: str
@@ -121,19 +124,45 @@ def export_instructions(model_cfg) -> dict[str, str]:
     return training_instructions() if model_cfg.instructions else {}
 
 
+def read_step_metrics(metrics_path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's steps in step order; a step re-run after a restart keeps its latest line."""
+    last: dict[int, dict[str, Any]] = {}
+    for line in metrics_path.read_text().splitlines():
+        if line.strip():
+            m = json.loads(line)
+            last[int(m["step"])] = m
+    return [last[s] for s in sorted(last)]
+
+
+def loss_by_group(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per batch group (``mixed``: packed from the groups' leftovers): its number of steps and its first,
+    median and last loss. Batches are same-task, so one curve over all steps zigzags between easy and
+    hard groups; each group's own curve shows whether it learns. Steps logged without a group (runs
+    before it was logged) are left out."""
+    losses: dict[str, list[float]] = {}
+    for m in steps:
+        if "group" in m:
+            losses.setdefault(str(m["group"]), []).append(float(m["loss"]))
+    return {g: {"steps": len(v), "first": v[0], "median": float(statistics.median(v)), "last": v[-1]}
+            for g, v in sorted(losses.items())}
+
+
 def plot_loss_curve(metrics_path: Path, out_png: Path) -> None:
+    """The loss per optimizer step, one series per batch group when the steps carry one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    last = {}
-    for line in metrics_path.read_text().splitlines():
-        m = json.loads(line)
-        last[m["step"]] = m["loss"]  # a step re-run after a restart: keep the latest value
-    steps = sorted(last)
+    steps = read_step_metrics(metrics_path)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for m in steps:
+        series.setdefault(str(m.get("group", "all")), []).append(m)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, [last[s] for s in steps], marker="o")
+    for name, points in sorted(series.items()):
+        ax.plot([m["step"] for m in points], [m["loss"] for m in points], marker="o", label=name)
+    if len(series) > 1:
+        ax.legend(title="batch group", fontsize="small")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("InfoNCE loss (mean over workers)")
     ax.set_title("training loss")
@@ -205,12 +234,15 @@ def train_model(cfg) -> TrainResult:
     metrics_path = out_dir / "metrics.jsonl"
     if storage.is_uri(published) and storage.exists(storage.join(published, "metrics.jsonl")):
         storage.download(storage.join(published, "metrics.jsonl"), metrics_path)
+    per_group: dict[str, dict[str, float]] = {}
     if metrics_path.is_file():
         plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
+        per_group = loss_by_group(read_step_metrics(metrics_path))
     done = TrainResult(
         **summary,
         total_steps=steps,
         final_metrics=json.loads(json.dumps(result.metrics or {}, default=str)),
+        loss_by_group=per_group,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         adapter=storage.join(published, "adapter") if train.finetune == "lora" else None,
         merged=exported.merged,
