@@ -107,7 +107,7 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
             rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in keep.items()]
             parts += [_table(rows, ["metric", "final value"]), ""]
         if len(train.loss_by_group) > 1:  # same-task batches: each group's loss on its own
-            rows = [[g, int(v["steps"]), f"{v['first']:.4g}", f"{v['median']:.4g}", f"{v['last']:.4g}"]
+            rows = [[g, v["steps"], f"{v['first']:.4g}", f"{v['median']:.4g}", f"{v['last']:.4g}"]
                     for g, v in train.loss_by_group.items()]
             parts += [_table(rows, ["batch group", "steps", "first loss", "median loss", "last loss"]), ""]
         weights = f"adapter `{train.adapter}`, merged model" if train.adapter else "fully fine-tuned model"

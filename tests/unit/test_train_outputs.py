@@ -23,7 +23,7 @@ from embedforge.train.model import (
     save_adapter,
     save_sentence_transformers,
 )
-from embedforge.train.runner import plot_loss_curve
+from embedforge.train.runner import plot_loss_curve, read_step_metrics
 
 TEXTS = ["a cat sits on the mat", "stock markets fell today", "x"]
 INSTRUCTION = "find a related sentence"
@@ -109,12 +109,12 @@ def test_absent_lora_target_module_names_the_setting(tmp_path):
 def test_loss_curve_keeps_the_latest_value_of_a_rerun_step(tmp_path):
     lines = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 2, "loss": 2.4}, {"step": 3, "loss": 2.0}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    plot_loss_curve(tmp_path / "m.jsonl", tmp_path / "loss.png")
+    plot_loss_curve(read_step_metrics(tmp_path / "m.jsonl"), tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 
 def test_loss_by_group_reads_each_groups_own_curve(tmp_path):
-    from embedforge.train.runner import loss_by_group, read_step_metrics
+    from embedforge.train.runner import loss_by_group
 
     # Same-task batches: the overall curve zigzags (0.9, 2.4, 0.1, 2.0, ...); each group's falls.
     lines = [{"step": 1, "loss": 0.9, "group": "sts_pairs"}, {"step": 2, "loss": 2.4, "group": "retrieval"},
@@ -128,7 +128,7 @@ def test_loss_by_group_reads_each_groups_own_curve(tmp_path):
         "retrieval": {"steps": 2, "first": 2.4, "median": 2.15, "last": 1.9},
         "sts_pairs": {"steps": 3, "first": 0.9, "median": 0.5, "last": 0.5},
     }
-    plot_loss_curve(tmp_path / "m.jsonl", tmp_path / "loss.png")  # one series per group, and "all"
+    plot_loss_curve(steps, tmp_path / "loss.png")  # one series per group, and "all"
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 

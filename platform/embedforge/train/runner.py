@@ -36,7 +36,7 @@ class TrainResult(BaseModel):
     total_steps: int
     final_metrics: dict[str, Any] = Field(default_factory=dict)  # the last step's reported metrics
     # Per batch group: steps, first / median / last loss (``loss_by_group``); empty for older runs.
-    loss_by_group: dict[str, dict[str, float]] = Field(default_factory=dict)
+    loss_by_group: dict[str, dict[str, int | float]] = Field(default_factory=dict)
     checkpoint: str | None
     adapter: str | None
     merged: str
@@ -134,7 +134,7 @@ def read_step_metrics(metrics_path: Path) -> list[dict[str, Any]]:
     return [last[s] for s in sorted(last)]
 
 
-def loss_by_group(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def loss_by_group(steps: list[dict[str, Any]]) -> dict[str, dict[str, int | float]]:
     """Per batch group (``mixed``: packed from the groups' leftovers): its number of steps and its first,
     median and last loss. Batches are same-task, so one curve over all steps zigzags between easy and
     hard groups; each group's own curve shows whether it learns. Steps logged without a group (runs
@@ -147,14 +147,13 @@ def loss_by_group(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             for g, v in sorted(losses.items())}
 
 
-def plot_loss_curve(metrics_path: Path, out_png: Path) -> None:
-    """The loss per optimizer step, one series per batch group when the steps carry one."""
+def plot_loss_curve(steps: list[dict[str, Any]], out_png: Path) -> None:
+    """The loss per optimizer step (``read_step_metrics``), one series per batch group when the steps carry one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = read_step_metrics(metrics_path)
     series: dict[str, list[dict[str, Any]]] = {}
     for m in steps:
         series.setdefault(str(m.get("group", "all")), []).append(m)
@@ -234,10 +233,11 @@ def train_model(cfg) -> TrainResult:
     metrics_path = out_dir / "metrics.jsonl"
     if storage.is_uri(published) and storage.exists(storage.join(published, "metrics.jsonl")):
         storage.download(storage.join(published, "metrics.jsonl"), metrics_path)
-    per_group: dict[str, dict[str, float]] = {}
+    per_group: dict[str, dict[str, int | float]] = {}
     if metrics_path.is_file():
-        plot_loss_curve(metrics_path, out_dir / "loss_curve.png")
-        per_group = loss_by_group(read_step_metrics(metrics_path))
+        logged = read_step_metrics(metrics_path)
+        plot_loss_curve(logged, out_dir / "loss_curve.png")
+        per_group = loss_by_group(logged)
     done = TrainResult(
         **summary,
         total_steps=steps,
