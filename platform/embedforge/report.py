@@ -71,6 +71,8 @@ def write_report(cfg, run_dir: Path, results: dict) -> ReportResult:
             ["cost (USD)", f"{gen.cost_usd:.4f}"],
             ["completion tokens/s (last session)", gen.this_session.completion_tokens_per_s],
         ]
+        if gen.this_session.chunk_encoding_s is not None:
+            facts.append(["corpus encoded for the consistency filter (last session)", f"{gen.this_session.chunk_encoding_s:.0f} s"])
         parts += [_table(facts, ["generation", "value"]), ""]
         if gen.corpus is not None:
             f = gen.corpus

@@ -58,10 +58,14 @@ def test_queries_for_the_fixture_corpus_pass_the_funnel_with_their_chunks(adapt_
     assert funnel["rows"] + sum(funnel["rejects"].values()) == funnel["queries"]
     assert funnel["queries"] >= funnel["kept_after_validation"] >= funnel["kept_after_consistency"] >= 10
     assert funnel["consistency"]["model"] == "all-minilm-l6-v2" and funnel["consistency"]["top_k"] == 3
+    # the corpus was encoded this session, before the first teacher call (runner.generate_synthetic)
+    encoding_s = _marker(adapt_run, "generate")["synthetic"]["this_session"]["chunk_encoding_s"]
+    assert encoding_s is not None and encoding_s > 0
     rows = pq.read_table(adapt_run / "data").to_pylist()
     assert len(rows) == 10 and all(chunk_id_of(r) for r in rows)
     report = (adapt_run / "report" / "report.md").read_text()
     assert "kept after consistency (top 3 of" in report and "fully fine-tuned model" in report
+    assert "corpus encoded for the consistency filter (last session)" in report
 
 
 def test_the_split_holds_out_whole_documents(adapt_run):

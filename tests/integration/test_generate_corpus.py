@@ -79,6 +79,9 @@ def test_corpus_queries_from_the_local_teacher_filtered_by_minilm_then_a_rerun_p
     commits = sorted(p.name for p in (tmp_path / "corpus" / "generate" / "commits").glob("*.json"))
     again = generate_data(load_config(str(tmp_path / "c.yaml"))).synthetic
     assert again.this_session.attempts == 0 and again.attempts == result.attempts
+    # the first session encoded the corpus (before its first teacher call); the rerun, with nothing
+    # missing, starts no filter at all
+    assert result.this_session.chunk_encoding_s > 0 and again.this_session.chunk_encoding_s is None
     assert again.corpus == funnel
     assert sorted(p.name for p in (tmp_path / "corpus" / "generate" / "commits").glob("*.json")) == commits
     with capsys.disabled():

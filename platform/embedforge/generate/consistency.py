@@ -10,9 +10,13 @@ encode it again. Overlapping neighbours of a chunk count as other chunks (a quer
 text can lose to its neighbour: a top_k above 1 leaves room for that).
 
 Encoding runs on the project's encoding pool (``embedforge.encode_pool.EncodingPool``: Ray actors
-each holding one embedder; the driver loads no model), started on the first check of a session and
-kept until the session ends. Queries get their style's instruction when the filter model takes
-instructions (``filter_spec``). The check runs on the driver before a shard is committed, so a
+each holding one embedder; the driver loads no model), started by ``prepare()`` before the session's
+first teacher call and kept until the session ends. The corpus is encoded then, not at the first check:
+at the first check the teacher actors were already streaming, the two shared the CPUs, and every
+answer waited in memory until the whole corpus was encoded (a 15-min first run on 2 cores committed
+nothing and lost 235 answers). With no teacher actor running yet, the corpus is encoded on a pool of
+its own that takes the cluster's CPUs; the checks' pool keeps to ``cpus_per_actor``. Queries get
+their style's instruction when the filter model takes instructions (``filter_spec``). The check runs on the driver before a shard is committed, so a
 row's consistency verdict is committed with it (resume never re-checks or loses one) and its rejects
 are counted with the reason ``consistency`` like every other reject.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +118,9 @@ class ConsistencyFilter:
         self.cache_dir = Path(cache_dir)
         self.pool = None
         self.chunk_vecs: np.ndarray | None = None
+        # This session's encoding of the corpus: its wall time and each actor's CPUs (None: read from the cache).
+        self.chunk_encoding_s: float | None = None
+        self.corpus_cpus_per_actor: float | None = None
 
     def describe(self) -> dict:
         return {"model": self.label, "top_k": self.top_k, "candidates": len(self.chunks.chunks),
@@ -122,27 +130,41 @@ class ConsistencyFilter:
         key = hashlib.sha256(f"{self.chunks.fingerprint()}|{self.spec!r}".encode()).hexdigest()[:16]
         return self.cache_dir / f"chunk_embeddings-{key}.npy"
 
-    def _start(self):
-        from embedforge.encode_pool import EncodingPool
+    def prepare(self) -> None:
+        """Encode the corpus's chunks (or read them from the run's cache), then start the checks' pool;
+        idempotent. The generate stage calls it before its first teacher call; ``ranks`` calls it if
+        nobody did."""
+        if self.pool is not None:
+            return
+        from embedforge.encode_pool import EncodingPool, actor_cpus
 
         c = self.cfg.generate.consistency
-        self.pool = EncodingPool(
-            self.spec, num_actors=c.num_actors, cpus_per_actor=c.cpus_per_actor, gpus_per_actor=c.gpus_per_actor,
-            batch_size=c.batch_size, stage="generate.consistency",
-            settings="generate.consistency.num_actors, cpus_per_actor, gpus_per_actor",
-            resource_check=self.cfg.run.resource_check)
+        options = {"num_actors": c.num_actors, "gpus_per_actor": c.gpus_per_actor, "batch_size": c.batch_size,
+                   "stage": "generate.consistency", "resource_check": self.cfg.run.resource_check,
+                   "settings": "generate.consistency.num_actors, cpus_per_actor, gpus_per_actor"}
         path = self._cache_path()
-        if path.is_file():
-            vecs = np.load(path)
-            if vecs.shape == (len(self.chunks.chunks), self.pool.dim):
-                self.chunk_vecs = vecs
-                return
-        log.info("consistency filter: encoding %d chunks with %s", len(self.chunks.chunks), self.label)
-        self.chunk_vecs = self.pool.encode([ch.text for ch in self.chunks.chunks])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, self.chunk_vecs)
-        tmp.replace(path)
+        vecs = np.load(path) if path.is_file() else None
+        if vecs is None or len(vecs) != len(self.chunks.chunks):
+            texts = [ch.text for ch in self.chunks.chunks]
+            # No teacher actor runs yet, so the corpus pool takes the cluster's free CPUs (shared among
+            # num_actors; what others hold on a shared cluster stays theirs); the checks' pool below keeps
+            # to cpus_per_actor, beside the teacher actors.
+            from embedforge.ray_utils import init_ray
+
+            free = init_ray().available_resources().get("CPU", 0.0) // c.num_actors
+            cpus = self.corpus_cpus_per_actor = max(c.cpus_per_actor, min(actor_cpus(c.num_actors), free))
+            log.info("consistency filter: encoding %d chunks with %s (%g CPUs an actor)", len(texts), self.label, cpus)
+            started = time.monotonic()
+            with EncodingPool(self.spec, cpus_per_actor=cpus, **options) as corpus_pool:
+                vecs = corpus_pool.encode(texts)
+            self.chunk_encoding_s = round(time.monotonic() - started, 1)
+            log.info("consistency filter: %d chunks encoded in %.1f s", len(texts), self.chunk_encoding_s)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.npy")
+            np.save(tmp, vecs)
+            tmp.replace(path)
+        self.chunk_vecs = vecs
+        self.pool = EncodingPool(self.spec, cpus_per_actor=c.cpus_per_actor, **options)
 
     def ranks(self, rows: list[dict]) -> np.ndarray:
         """Rows of the schema (corpus-grounded: ``source`` names the chunk) -> their own chunk's rank."""
@@ -150,8 +172,7 @@ class ConsistencyFilter:
 
         if not rows:
             return np.zeros(0, dtype=np.int64)
-        if self.pool is None:
-            self._start()
+        self.prepare()
         own = np.array([self.chunks.position[chunk_id_of(r)] for r in rows], dtype=np.int64)
         instructions = [r["task"] if self.instructions else None for r in rows]
         query_vecs = self.pool.encode([r["query"] for r in rows], instructions)

@@ -50,6 +50,9 @@ class SessionThroughput(BaseModel):
     completion_tokens: int
     completion_tokens_per_s: float
     rows_per_min: float
+    # The consistency filter's encoding of the corpus before the first teacher call (None: not encoded
+    # this session: no filter, nothing missing, or read from the run's cache).
+    chunk_encoding_s: float | None = None
 
 
 class GenerationSummary(BaseModel):
@@ -358,7 +361,7 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None, c
     if chunks is not None:
         targets[CORPUS_GROUP] = gen.corpus.num_queries
         planner = CorpusPlanner(gen.corpus, chunks, run_seed)
-        if gen.consistency.enabled:  # its pool starts on the first check (none when nothing is missing)
+        if gen.consistency.enabled:  # its pool starts below, only when rows are missing
             cfilter = ConsistencyFilter(cfg, chunks, store.gen_dir / "corpus")
     started = time.monotonic()
     teachers = ready.teachers
@@ -381,6 +384,10 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None, c
     # Groups full from an earlier session are skipped from the start.
     ray.get(quotas.reset.remote([g for g, target in targets.items() if committer.kept[g] >= target]))
     contamination, contamination_summary = _contamination_index(cfg, store.gen_dir)
+    if cfilter is not None and committer.missing():
+        # The corpus is encoded before the first teacher call, alone on the CPUs, and cached: answers
+        # then wait at most one check (check_rows) before their commit, so a stopped run keeps them.
+        cfilter.prepare()
     tasks, brainstorm_records = _brainstorm(store, gen, targets, ready, weights, run_key, run_seed)
     committer.records += brainstorm_records
     committer.session += brainstorm_records
@@ -406,6 +413,7 @@ def generate_synthetic(cfg, run_dir: Path, ready: ReadyTeachers | None = None, c
                 bar.close()
     prices = {t.name: (t.price_prompt_per_1k, t.price_completion_per_1k) for t in teachers}
     counts = summarize(committer.records, prices, time.monotonic() - started, committer.session)
+    counts["this_session"]["chunk_encoding_s"] = cfilter.chunk_encoding_s if cfilter else None
     return GenerationSummary(
         **counts, targets=targets, complete=not committer.missing(), missing=committer.missing(),
         skipped_full_group=committer.skipped, contamination=contamination_summary,
