@@ -264,7 +264,7 @@ class ConsistencyConfig(Section):
     instructions: bool | None = None
     # The encoding pool's actors (embedforge.encode_pool) for the checks, which run beside the teacher
     # actors: a fixed share of CPUs rather than the whole cluster. The corpus itself is encoded before the
-    # first teacher call, with num_actors actors sharing the cluster's CPUs (at least cpus_per_actor each).
+    # first teacher call, with num_actors actors sharing the cluster's free CPUs (at least cpus_per_actor each).
     num_actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)

@@ -15,10 +15,11 @@ first teacher call and kept until the session ends. The corpus is encoded then, 
 at the first check the teacher actors were already streaming, the two shared the CPUs, and every
 answer waited in memory until the whole corpus was encoded (a 15-min first run on 2 cores committed
 nothing and lost 235 answers). With no teacher actor running yet, the corpus is encoded on a pool of
-its own that takes the cluster's CPUs; the checks' pool keeps to ``cpus_per_actor``. Queries get
-their style's instruction when the filter model takes instructions (``filter_spec``). The check runs on the driver before a shard is committed, so a
-row's consistency verdict is committed with it (resume never re-checks or loses one) and its rejects
-are counted with the reason ``consistency`` like every other reject.
+its own that takes the cluster's free CPUs; the checks' pool keeps to ``cpus_per_actor``. Queries get
+their style's instruction when the filter model takes instructions (``filter_spec``). The check runs
+on the driver before a shard is committed, so a row's consistency verdict is committed with it
+(resume never re-checks or loses one) and its rejects are counted with the reason ``consistency`` like
+every other reject.
 
 ``model`` may be ``backbone`` (model.backbone without model.adapter) or ``student`` (model.backbone
 with model.adapter, i.e. the model being trained; before any training the same as ``backbone``).
