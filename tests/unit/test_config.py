@@ -93,6 +93,21 @@ def test_malformed_override():
         load_config(None, ["model.pooling=mean", "model.pooling.x=1"])
 
 
+def test_override_indexes_a_list_by_number(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        "generate:\n  labeled:\n"
+        "    - {kind: sts_pairs, name: a, path: a.tsv, task: t}\n"
+        "    - {kind: classification, name: b, path: b.tsv, task: t, sample_ratio: 0.3}\n")
+    cfg = load_config(cfg_file, ["generate.labeled.1.sample_ratio=0.45"])
+    assert [d.sample_ratio for d in cfg.generate.labeled] == [1.0, 0.45]
+    assert cfg.generate.labeled[1].name == "b"   # the rest of the entry is kept
+    with pytest.raises(ConfigError, match=r"'generate.labeled' is a list of 2; index it with 0..1, got '2'"):
+        load_config(cfg_file, ["generate.labeled.2.sample_ratio=0.5"])
+    with pytest.raises(ConfigError, match="index it with 0..1, got 'x'"):
+        load_config(cfg_file, ["generate.labeled.x=1"])
+
+
 def test_training_lengths_default_to_and_never_exceed_model_max_length():
     cfg = load_config(None, ["model.max_length=96"])
     assert cfg.training_lengths() == (96, 96)

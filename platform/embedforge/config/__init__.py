@@ -138,17 +138,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(data: dict, parts: list[str], value: Any, label: str) -> None:
-    """``data[a][b]... = value`` for the key parts, making missing sections; ``label`` names the key
-    (or the whole override) in the error when a part is a value, not a section."""
-    node = data
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {label!r}: '{p}' is a value, not a section")
-        node = nxt
-    node[parts[-1]] = value
+    """``data[a][b]... = value`` for the key parts, making missing sections; a number indexes a list
+    (``generate.labeled.3.sample_ratio``: the fourth labeled set). ``label`` names the key (or the whole
+    override) in the error when a part is a value, not a section, or an index is out of range."""
+    node: Any = data
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(
+                    f"override {label!r}: '{'.'.join(parts[:i])}' is a list of {len(node)}; "
+                    f"index it with 0..{len(node) - 1}, got {p!r}")
+            if last:
+                node[int(p)] = value
+                return
+            node = node[int(p)]
+        elif isinstance(node, dict):
+            if last:
+                node[p] = value
+                return
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        else:
+            raise ConfigError(f"override {label!r}: '{parts[i - 1]}' is a value, not a section")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
