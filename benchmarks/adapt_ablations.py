@@ -19,6 +19,7 @@ runner. Variants differ from ``adapted`` (the config as shipped) in one thing ea
                       generating again (the style is in each row's id); on a run without titles, adapted
     plain_mining      train.mining_max_positive_ratio=null: the student's top-30 taken as they come
     masking           train.guide_model=all-minilm-l6-v2: GISTEmbed-style false-negative masking
+    three_negatives   three mined negatives per query instead of one, with gradient caching in chunks of 16
     smollm2_student   SmolLM2-135M + LoRA as the student instead of MiniLM (same pairs)
 
 Each variant runs in its own subprocess (its own local Ray: ``RAY_ADDRESS=local``) and leaves
@@ -54,6 +55,9 @@ VARIANTS = {
     "no_title": [],  # likewise
     "plain_mining": ["train.mining_max_positive_ratio=null"],
     "masking": ["train.guide_model=all-minilm-l6-v2"],
+    # 16 queries + 64 passages of up to 257 tokens a worker at once held ~10 GB each and Ray's memory
+    # monitor killed both workers on the 24 GB box (2026-12-04): gradient caching bounds it.
+    "three_negatives": ["train.negatives_per_query=3", "train.chunk_size=16"],
     # The other student: SmolLM2-135M (a decoder: last-token pooling, instructions, LoRA) on the same pairs
     # (chunked in MiniLM's tokens, under its 256), negatives mined with MiniLM (the untrained decoder's
     # own vectors rank at chance), SciFact encoded at evaluate.dtype=auto as configs/cpu-quality.yaml does

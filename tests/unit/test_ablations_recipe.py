@@ -24,3 +24,15 @@ def test_recipe_overrides_load_and_set_the_learning_rate_and_batch(tmp_path, rep
     cfg = load_config(repo_root / "configs" / "tiny.yaml", ablations.recipe(tmp_path, 40, lr=5e-4, batch=24))
     assert cfg.train.lr == 5e-4 and cfg.train.global_batch_size == 24 and cfg.train.max_steps == 40
     assert cfg.train.num_workers == 1 and cfg.evaluate.dtype == "bfloat16"
+
+
+def test_every_adapt_ablation_variant_loads_on_adapt_yaml(repo_root):
+    """benchmarks/adapt_ablations.py: each variant's overrides are valid keys and values of adapt.yaml."""
+    import adapt_ablations
+    from embedforge.config import load_config
+
+    for overrides in adapt_ablations.VARIANTS.values():
+        if overrides:
+            load_config(repo_root / "configs" / "adapt.yaml", overrides)
+    cfg = load_config(repo_root / "configs" / "adapt.yaml", adapt_ablations.VARIANTS["three_negatives"])
+    assert cfg.train.negatives_per_query == 3 and cfg.train.chunk_size == 16
