@@ -58,6 +58,10 @@ VARIANTS = {
     # 16 queries + 64 passages of up to 257 tokens a worker at once held ~10 GB each and Ray's memory
     # monitor killed both workers on the 24 GB box (2026-12-04): gradient caching bounds it.
     "three_negatives": ["train.negatives_per_query=3", "train.chunk_size=16"],
+    # The softmax temperature either side of MultipleNegativesRankingLoss's 0.05: the paper's 0.02 (sharper:
+    # the hardest negatives dominate the gradient) and 0.1 (softer: every negative counts).
+    "temperature_002": ["train.temperature=0.02"],
+    "temperature_01": ["train.temperature=0.1"],
     # The other student: SmolLM2-135M (a decoder: last-token pooling, instructions, LoRA) on the same pairs
     # (chunked in MiniLM's tokens, under its 256), negatives mined with MiniLM (the untrained decoder's
     # own vectors rank at chance), SciFact encoded at evaluate.dtype=auto as configs/cpu-quality.yaml does

@@ -39,6 +39,44 @@ def test_labeled_loaders_read_each_kind_sample_by_seed_and_write_the_shared_sche
         load_labeled(LabeledDatasetConfig(kind="beir", name="x", path=str(shared_data / "stsb"), task="t"))
 
 
+def test_classification_example_positives_pair_texts_of_one_label_and_sample_the_same_rows(tmp_path):
+    """positive: example — the positive is another text of the row's label, the negative a text of another
+    label, never a label's name; a text alone in its label gives no row; one seed samples the same rows as
+    positive: label; the option is refused on other kinds, naming the field and the kind."""
+    from pydantic import ValidationError
+
+    from embedforge.config.generate import LabeledDatasetConfig
+    from embedforge.formats import write_classification
+    from embedforge.generate.labeled import load_labeled
+
+    rows = [{"text": f"where is my card {i}", "label": "card_arrival"} for i in range(4)]
+    rows += [{"text": f"how do I top up {i}", "label": "top_up"} for i in range(3)]
+    rows += [{"text": "my pin is blocked", "label": "pin_blocked"}]  # alone in its label
+    path = write_classification(tmp_path / "train.tsv", rows)
+    label_of = {r["text"]: r["label"] for r in rows}
+
+    def cfg(positive, ratio=1.0):
+        return LabeledDatasetConfig(kind="classification", name="bank", path=str(path), task="t",
+                                    positive=positive, sample_ratio=ratio)
+
+    examples = load_labeled(cfg("example"), seed=1)
+    assert len(examples) == 7 and "my pin is blocked" not in {r.query for r in examples}
+    for r in examples:
+        assert r.positive != r.query and label_of[r.positive] == label_of[r.query]
+        assert len(r.negatives) == 1 and label_of[r.negatives[0]] != label_of[r.query]
+    labels = load_labeled(cfg("label"), seed=1)
+    assert {r.positive for r in labels} == {"card arrival", "top up", "pin blocked"}
+    big = write_classification(tmp_path / "big.tsv", [{"text": f"text {i}", "label": f"l{i % 5}"} for i in range(200)])
+    sampled = [LabeledDatasetConfig(kind="classification", name="b", path=str(big), task="t", positive=p,
+                                    sample_ratio=0.3) for p in ("label", "example")]
+    assert 30 < len(load_labeled(sampled[0], seed=2)) < 90
+    assert [r.query for r in load_labeled(sampled[0], seed=2)] == [r.query for r in load_labeled(sampled[1], seed=2)]
+    with pytest.raises(ValidationError, match=r"`positive: example` is for kind classification; kind 'sts_pairs'"):
+        LabeledDatasetConfig(kind="sts_pairs", name="s", path=str(path), task="t", positive="example")
+    with pytest.raises(ValidationError, match=r"positive\n.*'label' or 'example'"):
+        LabeledDatasetConfig(kind="classification", name="s", path=str(path), task="t", positive="examples")
+
+
 def test_labeled_beir_keeps_positive_judgements_as_title_and_text(tmp_path):
     from embedforge.config.generate import LabeledDatasetConfig
     from embedforge.generate.labeled import load_labeled

@@ -135,6 +135,9 @@ class LabeledDatasetConfig(Section):
     score_threshold: float = 4.0  # sts_pairs: keep pairs scoring at least this
     max_rows: int | None = Field(None, ge=1)
     negatives: int = Field(1, ge=0)  # hard negatives kept per row, of those the source gives (the paper: one)
+    # classification only: a row's positive is its label's name ("label": "card arrival") or another text
+    # of the same label ("example"; its negative is then a text of another label, not another label's name).
+    positive: Literal["label", "example"] = "label"
     language: str = "English"  # the rows' language column
 
     @field_validator("task")
@@ -154,6 +157,9 @@ class LabeledDatasetConfig(Section):
                              f"serves the kinds {', '.join(RECORD_KINDS)}")
         if self.hub_config is not None and self.hub is None:
             raise ValueError(f"labeled set {self.name!r}: `hub_config` needs `hub`")
+        if self.positive != "label" and self.kind != "classification":
+            raise ValueError(f"labeled set {self.name!r}: `positive: {self.positive}` is for kind classification; "
+                             f"kind {self.kind!r} takes its positives from the source (leave `positive` as 'label')")
         return self
 
 

@@ -19,7 +19,8 @@ File kinds (``path``: the set's own files, a name may also be present gzipped, `
   queries.train.tsv (qid, query), qrels.retrieval.train.tsv (qid, pid; optional header line); negatives:
   the passages its graded qrels.train.tsv (``qid 0 pid level``, levels 0-3) marks 0, when present.
 - ``sts_pairs`` (score ≥ threshold), ``pair_classification`` (label 1, e.g. MSRP), ``classification``
-  (text → its label, a misleading label from the others as negative): TSVs.
+  (text → its label, a misleading label from the others as negative; or, ``positive: example``, text →
+  another text of its label, a text of another label as negative): TSVs.
 
 Record kinds (``hub``: read with ``datasets.load_dataset(hub, hub_config, split=split)``; or ``path``:
 local .jsonl/.json/.parquet exports of the same records, read by ``formats.read_records``):
@@ -144,15 +145,29 @@ def _pairs(ds: LabeledDatasetConfig) -> Triples:
             yield rec["sentence1"], rec["sentence2"], []
 
 
-def _classification(ds: LabeledDatasetConfig, rng: random.Random) -> Triples:
+def _classification(ds: LabeledDatasetConfig, rng: random.Random, examples_rng: random.Random) -> Triples:
+    """Text → its label's name, another label's name as the negative (``positive: label``); or text →
+    another text of its label, a text of another label as the negative (``positive: example``: the
+    label's name never appears, so the space learns the labels' own texts, as a classifier reads them).
+    The negative's label is drawn from ``rng`` in both modes, so one seed samples the same rows in
+    both; the texts from ``examples_rng``. A text whose label has no other distinct text has no
+    positive in ``example`` mode and gives no row."""
     records = read_classification_file(ds.path)
     labels = sorted({r["label"] for r in records})
     if len(labels) < 2:
         raise FormatError(f"{ds.path}: a classification set needs at least two labels, found {labels}")
+    texts: dict[str, list[str]] = {}
     for rec in records:
-        others = [lab for lab in labels if lab != rec["label"]]
-        # Labels become readable text ("card_arrival" → "card arrival") since they are encoded as documents.
-        yield rec["text"], rec["label"].replace("_", " "), [rng.choice(others).replace("_", " ")]
+        texts.setdefault(rec["label"], []).append(rec["text"])
+    for rec in records:
+        negative_label = rng.choice([lab for lab in labels if lab != rec["label"]])
+        if ds.positive == "label":
+            # Labels become readable text ("card_arrival" → "card arrival") since they are encoded as documents.
+            yield rec["text"], rec["label"].replace("_", " "), [negative_label.replace("_", " ")]
+            continue
+        same = [t for t in texts[rec["label"]] if t.strip() != rec["text"].strip()]
+        if same:
+            yield rec["text"], examples_rng.choice(same), [examples_rng.choice(texts[negative_label])]
 
 
 # --------------------------------------------------------------------------------- record kinds
@@ -277,12 +292,12 @@ FILE_CONVERTERS = {"beir": _beir, "msmarco_passage": _msmarco_passage, "msmarco_
                    "t2ranking": _t2ranking, "sts_pairs": _sts, "pair_classification": _pairs}
 
 
-def _triples(ds: LabeledDatasetConfig, rng: random.Random) -> Triples:
+def _triples(ds: LabeledDatasetConfig, rng: random.Random, seed: int) -> Triples:
     if ds.kind in RECORD_CONVERTERS:
         records = _hub_records(ds) if ds.hub else read_records(ds.path)
         return RECORD_CONVERTERS[ds.kind](records)
     if ds.kind == "classification":
-        return _classification(ds, rng)
+        return _classification(ds, rng, random.Random(f"{seed}:{ds.name}:examples"))
     return FILE_CONVERTERS[ds.kind](ds)
 
 
@@ -290,7 +305,7 @@ def load_labeled(ds: LabeledDatasetConfig, seed: int = 0) -> list[TrainingRow]:
     rng = random.Random(f"{seed}:{ds.name}")
     tasks = [ds.task] if isinstance(ds.task, str) else ds.task
     rows = []
-    for i, (query, positive, negatives) in enumerate(_triples(ds, rng)):
+    for i, (query, positive, negatives) in enumerate(_triples(ds, rng, seed)):
         query, positive = query.strip(), positive.strip()
         if not query or not positive:
             continue
