@@ -55,8 +55,8 @@ def test_classification_example_positives_pair_texts_of_one_label_and_sample_the
     path = write_classification(tmp_path / "train.tsv", rows)
     label_of = {r["text"]: r["label"] for r in rows}
 
-    def cfg(positive, ratio=1.0):
-        return LabeledDatasetConfig(kind="classification", name="bank", path=str(path), task="t",
+    def cfg(positive, tsv=path, ratio=1.0):
+        return LabeledDatasetConfig(kind="classification", name="bank", path=str(tsv), task="t",
                                     positive=positive, sample_ratio=ratio)
 
     examples = load_labeled(cfg("example"), seed=1)
@@ -67,10 +67,9 @@ def test_classification_example_positives_pair_texts_of_one_label_and_sample_the
     labels = load_labeled(cfg("label"), seed=1)
     assert {r.positive for r in labels} == {"card arrival", "top up", "pin blocked"}
     big = write_classification(tmp_path / "big.tsv", [{"text": f"text {i}", "label": f"l{i % 5}"} for i in range(200)])
-    sampled = [LabeledDatasetConfig(kind="classification", name="b", path=str(big), task="t", positive=p,
-                                    sample_ratio=0.3) for p in ("label", "example")]
-    assert 30 < len(load_labeled(sampled[0], seed=2)) < 90
-    assert [r.query for r in load_labeled(sampled[0], seed=2)] == [r.query for r in load_labeled(sampled[1], seed=2)]
+    by_label, by_example = (load_labeled(cfg(p, big, 0.3), seed=2) for p in ("label", "example"))
+    assert 30 < len(by_label) < 90
+    assert [r.query for r in by_label] == [r.query for r in by_example]
     with pytest.raises(ValidationError, match=r"`positive: example` is for kind classification; kind 'sts_pairs'"):
         LabeledDatasetConfig(kind="sts_pairs", name="s", path=str(path), task="t", positive="example")
     with pytest.raises(ValidationError, match=r"positive\n.*'label' or 'example'"):
