@@ -49,6 +49,42 @@ def test_tokenize_rows_formats_queries_and_ends_in_eos(tiny_tokenizer):
     assert out["positive_key"][0] != out["positive_key"][1]
 
 
+def test_symmetric_groups_format_documents_like_their_query(tiny_tokenizer):
+    batch = {"id": ["a", "b", "c"], "group": ["classification", "retrieval", "classification"],
+             "task": ["find the intent", "find the paper", ""], "query": ["lost card", "q", "yo"],
+             "positive": ["card lost", "a paper", "hey"], "negatives": [["top up failed"], ["other paper"], []]}
+
+    def ids(texts, limit=64):
+        return tokenize_with_eos(tiny_tokenizer, texts, limit)
+
+    out = tokenize_rows(batch, tiny_tokenizer, 64, 64, symmetric_groups=("classification",))
+    assert out["positive_ids"][0] == ids(["Instruct: find the intent\nQuery: card lost"])[0]
+    assert out["negative_ids"][0] == ids(["Instruct: find the intent\nQuery: top up failed"])
+    # Another group's documents, and a row with no task, stay bare.
+    assert out["positive_ids"][1:] == ids(["a paper", "hey"]) and out["negative_ids"][1] == ids(["other paper"])
+    # Default: documents bare in every group; model.instructions off: nothing instructed anywhere.
+    assert tokenize_rows(batch, tiny_tokenizer, 64, 64)["positive_ids"][0] == ids(["card lost"])[0]
+    off = tokenize_rows(batch, tiny_tokenizer, 64, 64, instructions=False, symmetric_groups=("classification",))
+    assert off["positive_ids"][0] == ids(["card lost"])[0] and off["query_ids"][0] == ids(["lost card"])[0]
+
+
+def test_the_dataset_step_passes_symmetric_groups(tmp_path, tiny_tokenizer):
+    from embedforge.train.dataset import tokenize_frame
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    df = pd.DataFrame({"id": ["a"], "group": ["sts_pairs"], "task": ["match it"], "query": ["q"], "positive": ["p"],
+                       "negatives": [["n"]]})
+    out = tokenize_frame(df, str(tmp_path / "tok"), 64, 64, symmetric_groups=("sts_pairs",))
+    assert list(out["positive_ids"][0]) == tokenize_with_eos(tiny_tokenizer, ["Instruct: match it\nQuery: p"], 64)[0]
+
+
+def test_symmetric_groups_must_be_row_groups():
+    assert load_config(None, ["train.symmetric_groups=[sts_pairs,classification]"]).train.symmetric_groups == [
+        "sts_pairs", "classification"]
+    with pytest.raises(ConfigError, match="train.symmetric_groups.*intents.*allowed: short_long"):
+        load_config(None, ["train.symmetric_groups=[sts,intents]"])
+
+
 def test_mix_counts_follow_ratios_and_keep_total():
     assert mix_counts([100, 100], [3, 1]) == [150, 50]
     assert mix_counts([10, 0], [1, 1]) == [10, 0]

@@ -79,7 +79,7 @@ def test_training_rows_of_an_encoder_are_tokenized_like_its_encoder(minilm_dir):
     from embedforge.train.batching import tokenize_rows
 
     tok = load_tokenizer(minilm_dir)
-    batch = {"query": ["what is a cat?"], "task": ["Given a question, retrieve a passage"], "positive": ["Cats purr."],
+    batch = {"group": ["retrieval"], "query": ["what is a cat?"], "task": ["Given a question, retrieve a passage"], "positive": ["Cats purr."],
              "negatives": [["Dogs bark.", "word " * 100]]}
     out = tokenize_rows(batch, tok, 16, 32, instructions=False, append_eos=False)
     enc = load_embedder(EmbedderSpec(backbone="all-minilm-l6-v2", max_length=32))

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from embedforge.config.base import Section
 from embedforge.config.shared import check_model_spec
+from embedforge.schema import GROUPS
 
 
 class LoraSettings(Section):
@@ -91,6 +92,11 @@ class TrainConfig(Section):
     # absolute: mask a candidate scoring > positive - guide_margin; relative: > positive x (1 - guide_margin).
     guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
     guide_margin: float = Field(0.0, ge=0)
+    # Row groups whose positives and negatives are encoded with their row's instruction, like the query
+    # (embedforge.schema.GROUPS). Evaluation instructs both sides of a symmetric task (STS,
+    # classification, pair classification: embedforge.instructions); by default training, like the
+    # paper's, instructs queries only. Empty: queries only.
+    symmetric_groups: list[str] = Field(default_factory=list)
 
     @field_validator("resources_per_worker")
     @classmethod
@@ -112,6 +118,14 @@ class TrainConfig(Section):
         if not v.strip():
             raise ValueError("guide_model must not be empty (null turns the guide off)")
         return check_model_spec(v, "guide model", ", or null to turn the guide off")
+
+    @field_validator("symmetric_groups")
+    @classmethod
+    def _known_groups(cls, v: list[str]) -> list[str]:
+        unknown = [g for g in v if g not in GROUPS]
+        if unknown:
+            raise ValueError(f"{unknown} are not row groups; allowed: {', '.join(GROUPS)}")
+        return v
 
     @field_validator("data")
     @classmethod

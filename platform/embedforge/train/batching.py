@@ -44,20 +44,29 @@ def positive_key(text: str) -> str:
 
 
 def tokenize_rows(batch: dict, tokenizer, query_max_length: int, passage_max_length: int,
-                  instructions: bool = True, append_eos: bool = True) -> dict:
+                  instructions: bool = True, append_eos: bool = True,
+                  symmetric_groups: Sequence[str] = ()) -> dict:
     """Columns ``query_ids``, ``positive_ids``, ``negative_ids`` (list of id lists) and ``positive_key``.
 
     Queries get the instruction template with the row's ``task`` (``instructions=False``, i.e.
     ``model.instructions: false``: none, so queries are encoded exactly like documents); documents get
-    none; everything ends in EOS (``embedforge.prompts``), or, for an encoder student
-    (``append_eos=False``), in its tokenizer's own [SEP]. Other columns pass through.
+    none, except in the rows of ``symmetric_groups`` (``train.symmetric_groups``), whose positives and
+    negatives are formatted like their query, as evaluation encodes both sides of a symmetric task;
+    everything ends in EOS (``embedforge.prompts``), or, for an encoder student (``append_eos=False``),
+    in its tokenizer's own [SEP]. Other columns pass through.
     """
-    if instructions:
-        queries = [format_query(q, t or None) for q, t in zip(batch["query"], batch["task"], strict=True)]
-    else:
-        queries = [format_document(q) for q in batch["query"]]
-    positives = [format_document(p) for p in batch["positive"]]
-    negatives = [[format_document(n) for n in (list(negs) if negs is not None else [])] for negs in batch["negatives"]]
+    symmetric = set(symmetric_groups)
+    query_tasks = [(t or None) if instructions else None for t in batch["task"]]
+    # The instruction a row's documents are formatted with: its query's in a symmetric group, else none.
+    document_tasks = [t if g in symmetric else None for t, g in zip(query_tasks, batch["group"], strict=True)]
+
+    def formatted(text: str, task: str | None) -> str:
+        return format_query(text, task) if task else format_document(text)
+
+    queries = [formatted(q, t) for q, t in zip(batch["query"], query_tasks, strict=True)]
+    positives = [formatted(p, t) for p, t in zip(batch["positive"], document_tasks, strict=True)]
+    negatives = [[formatted(n, t) for n in (list(negs) if negs is not None else [])]
+                 for negs, t in zip(batch["negatives"], document_tasks, strict=True)]
     flat = [n for negs in negatives for n in negs]
     flat_ids = tokenize_with_eos(tokenizer, flat, passage_max_length, append_eos=append_eos)
     negative_ids, start = [], 0

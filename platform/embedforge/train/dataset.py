@@ -56,11 +56,12 @@ def keep_valid(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def tokenize_frame(df: pd.DataFrame, backbone: str, query_max_length: int, passage_max_length: int,
-                   instructions: bool = True, append_eos: bool = True):
+                   instructions: bool = True, append_eos: bool = True, symmetric_groups: tuple[str, ...] = ()):
     batch = _rows(df)
     batch["negatives"] = [list(n) if n is not None else [] for n in batch["negatives"]]
     batch["task"] = [t if isinstance(t, str) else "" for t in batch["task"]]
-    out = tokenize_rows(batch, _tokenizer(backbone), query_max_length, passage_max_length, instructions, append_eos)
+    out = tokenize_rows(batch, _tokenizer(backbone), query_max_length, passage_max_length, instructions, append_eos,
+                        symmetric_groups)
     keep = ("id", "group", "positive_key", "query_ids", "positive_ids", "negative_ids")
     return pd.DataFrame({k: out[k] for k in keep})
 
@@ -198,7 +199,8 @@ def build_batches(train: TrainConfig, backbone: str, run_storage: str, seed: int
     tokenized = mixed.map_batches(
         tokenize_frame, batch_format="pandas",
         fn_kwargs={"backbone": backbone, "query_max_length": lengths[0],
-                   "passage_max_length": lengths[1], "instructions": instructions, "append_eos": append_eos},
+                   "passage_max_length": lengths[1], "instructions": instructions, "append_eos": append_eos,
+                   "symmetric_groups": tuple(train.symmetric_groups)},
     )
     # Each epoch is dealt with its own seed, so a row left out of one epoch's batches is trained on in
     # the others. The plan holds every epoch's batches (the steps the workers stream, in order).
