@@ -4,8 +4,8 @@ Every trained variant fully fine-tunes all-MiniLM-L6-v2 with adapt.yaml's own tr
 ``embedforge train`` runner: Ray Train + DeepSpeed ZeRO-3, mining included) on the queries a finished
 ``embedforge pipeline --config configs/adapt.yaml`` run generated — the split stage's training part, so
 the held-out documents stay unseen — and is scored on the SciFact test split (its human queries and
-qrels; nothing from SciFact's train split is used anywhere) through the real ``embedforge evaluate``
-runner. Variants differ from ``adapted`` (the config as shipped) in one thing each:
+qrels; nothing from SciFact's train split is used, the human_pairs reference aside) through the real
+``embedforge evaluate`` runner. Variants differ from ``adapted`` (the config as shipped) in one thing each:
 
     untouched         no training: all-MiniLM-L6-v2 as published
     adapted           configs/adapt.yaml: consistency-filtered pairs, positive-aware mining (0.95 rule)
@@ -21,6 +21,11 @@ runner. Variants differ from ``adapted`` (the config as shipped) in one thing ea
     masking           train.guide_model=all-minilm-l6-v2: GISTEmbed-style false-negative masking
     three_negatives   three mined negatives per query instead of one, with gradient caching in chunks of 16
     smollm2_student   SmolLM2-135M + LoRA as the student instead of MiniLM (same pairs)
+    human_pairs       a reference, not an ablation: SciFact's own *train* split (its 919 human-written
+                      claims and the abstracts judged for them) through the same trainer and recipe in
+                      place of the generated pairs — what a teacher writing SciFact's own kind of
+                      claims would give this student. The one variant that reads the train split; its
+                      qrels never touch the test queries scored here
 
 Each variant runs in its own subprocess (its own local Ray: ``RAY_ADDRESS=local``) and leaves
 ``<out>/results/<variant>.json``; a rerun skips finished variants. The table adds a 95 % paired-bootstrap
@@ -77,6 +82,7 @@ VARIANTS = {
                         "train.query_max_length=64", "train.passage_max_length=128",
                         "train.num_workers=1", "train.cpus_per_worker=2", "train.chunk_size=16",
                         "train.mining_model=all-minilm-l6-v2", "evaluate.dtype=auto"],
+    "human_pairs": [],  # its data differs, not its config
 }
 
 
@@ -148,6 +154,16 @@ def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     from embedforge.schema import arrow_schema
     from embedforge.split import split_key
 
+    if name == "human_pairs":
+        from embedforge.config.generate import LabeledDatasetConfig
+        from embedforge.generate.labeled import write_labeled
+
+        human_dir = out / "data" / "human_pairs"
+        if not any(human_dir.glob("*.parquet")):
+            write_labeled([LabeledDatasetConfig(kind="beir", name="scifact-train", path=str(SCIFACT), split="train",
+                                                task="Given a scientific claim, retrieve documents that support "
+                                                     "or refute the claim")], human_dir)
+        return [{"path": str(human_dir), "ratio": 1.0}]
     train_dir = run / "pipeline" / "train_data"
     if not (train_dir / "rows.parquet").is_file():
         raise SystemExit(f"{train_dir}/rows.parquet not found: run `embedforge pipeline --config configs/adapt.yaml` "
