@@ -4,7 +4,7 @@ Every trained variant fully fine-tunes all-MiniLM-L6-v2 with adapt.yaml's own tr
 ``embedforge train`` runner: Ray Train + DeepSpeed ZeRO-3, mining included) on the queries a finished
 ``embedforge pipeline --config configs/adapt.yaml`` run generated — the split stage's training part, so
 the held-out documents stay unseen — and is scored on the SciFact test split (its human queries and
-qrels; nothing from SciFact's train split is used, the human_pairs reference aside) through the real
+qrels; nothing from SciFact's train split is used, the human_* references aside) through the real
 ``embedforge evaluate`` runner. Variants differ from ``adapted`` (the config as shipped) in one thing each:
 
     untouched         no training: all-MiniLM-L6-v2 as published
@@ -24,8 +24,13 @@ qrels; nothing from SciFact's train split is used, the human_pairs reference asi
     human_pairs       a reference, not an ablation: SciFact's own *train* split (its 919 human-written
                       claims and the abstracts judged for them) through the same trainer and recipe in
                       place of the generated pairs — what a teacher writing SciFact's own kind of
-                      claims would give this student. The one variant that reads the train split; its
-                      qrels never touch the test queries scored here
+                      claims would give this student. The human_* variants are the only ones that read
+                      the train split; its qrels never touch the test queries scored here
+    human_filtered    the human pairs the run's consistency filter would keep (their abstract's best
+                      chunk in the filter model's top_k of every chunk, as for a generated query): what
+                      the filter costs when the queries are good
+    human_subset      as many human pairs as human_filtered keeps, drawn at random (seed 0): the size
+                      control for human_filtered
 
 Each variant runs in its own subprocess (its own local Ray: ``RAY_ADDRESS=local``) and leaves
 ``<out>/results/<variant>.json``; a rerun skips finished variants. The table adds a 95 % paired-bootstrap
@@ -82,7 +87,9 @@ VARIANTS = {
                         "train.query_max_length=64", "train.passage_max_length=128",
                         "train.num_workers=1", "train.cpus_per_worker=2", "train.chunk_size=16",
                         "train.mining_model=all-minilm-l6-v2", "evaluate.dtype=auto"],
-    "human_pairs": [],  # its data differs, not its config
+    "human_pairs": [],  # their data differs, not their config
+    "human_filtered": [],
+    "human_subset": [],
 }
 
 
@@ -145,6 +152,82 @@ def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]
     return rows
 
 
+HUMAN_TASK = "Given a scientific claim, retrieve documents that support or refute the claim"
+
+
+def human_data(name: str, run: Path, out: Path) -> Path:
+    """The folder of a human_* variant's rows (written once per --out): SciFact's train pairs, those the
+    run's consistency filter keeps, or a random subset of the same size."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedforge.config.generate import LabeledDatasetConfig
+    from embedforge.generate.labeled import write_labeled
+    from embedforge.schema import arrow_schema
+
+    folder = out / "data" / name
+    if any(folder.glob("*.parquet")):
+        return folder
+    if name == "human_pairs":
+        write_labeled([LabeledDatasetConfig(kind="beir", name="scifact-train", path=str(SCIFACT), split="train",
+                                            task=HUMAN_TASK)], folder)
+        return folder
+    rows = [r for f in sorted(human_data("human_pairs", run, out).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    if name == "human_filtered":
+        ranks, top_k = human_filter_ranks(run, rows), pipeline_cfg(run).generate.consistency.top_k
+        keep = [r for r, rank in zip(rows, ranks, strict=True) if rank <= top_k]
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        (out / "data" / "human_filter_ranks.json").write_text(json.dumps([int(x) for x in ranks]))
+    else:
+        keep = random.Random(0).sample(rows, pq.read_metadata(human_data("human_filtered", run, out) / "rows.parquet").num_rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(keep, schema=arrow_schema()), folder / "rows.parquet")
+    return folder
+
+
+def human_filter_ranks(run: Path, rows: list[dict]):
+    """For each human pair, the rank of its abstract's best chunk for its claim among every chunk of the
+    corpus under the run's consistency filter (its model, its cached chunk vectors): the filter's own
+    test, taken per document because a human claim was judged against a whole abstract."""
+    import numpy as np
+
+    from embedforge.formats import document_text, read_beir
+    from embedforge.generate.consistency import ConsistencyFilter
+    from embedforge.generate.corpus import load_chunks
+
+    cfg = pipeline_cfg(run)
+    chunks = load_chunks(cfg)
+    doc_of_text = {document_text(doc): doc_id for doc_id, doc in read_beir(SCIFACT, "train")["corpus"].items()}
+    chunks_of: dict[str, list[int]] = {}
+    for i, c in enumerate(chunks.chunks):
+        chunks_of.setdefault(c.doc_id, []).append(i)
+    flt = ConsistencyFilter(cfg, chunks, run / "generate" / "corpus")
+    try:
+        flt.prepare()
+        query_vecs = flt.pool.encode([r["query"] for r in rows], [r["task"] if flt.instructions else None for r in rows])
+        chunk_vecs = flt.chunk_vecs
+    finally:
+        flt.close()
+    return best_document_ranks(np.asarray(query_vecs), chunk_vecs,
+                               [chunks_of[doc_of_text[r["positive"]]] for r in rows])
+
+
+def best_document_ranks(query_vecs, chunk_vecs, own_chunks: list[list[int]]):
+    """Per query, the best (lowest) rank among all chunks of any of its own chunks (``own_chunks[i]``:
+    row indices of ``chunk_vecs``): a document ranks where its best-matching chunk does."""
+    import numpy as np
+
+    from embedforge.generate.consistency import own_chunk_ranks
+
+    pair_of = np.array([i for i, own in enumerate(own_chunks) for _ in own], dtype=np.int64)
+    ranks = own_chunk_ranks(np.asarray(query_vecs)[pair_of], chunk_vecs, np.array([c for own in own_chunks for c in own]))
+    best = np.full(len(own_chunks), np.iinfo(np.int64).max)
+    np.minimum.at(best, pair_of, ranks)
+    return best
+
+
 def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     """train.data for a variant: the pipeline's training part (+ the rebuilt rejects for no_consistency,
     those ranked in the top LOOSE_TOP_K for loose_filter; less the title-style rows for no_title)."""
@@ -154,16 +237,8 @@ def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     from embedforge.schema import arrow_schema
     from embedforge.split import split_key
 
-    if name == "human_pairs":
-        from embedforge.config.generate import LabeledDatasetConfig
-        from embedforge.generate.labeled import write_labeled
-
-        human_dir = out / "data" / "human_pairs"
-        if not any(human_dir.glob("*.parquet")):
-            write_labeled([LabeledDatasetConfig(kind="beir", name="scifact-train", path=str(SCIFACT), split="train",
-                                                task="Given a scientific claim, retrieve documents that support "
-                                                     "or refute the claim")], human_dir)
-        return [{"path": str(human_dir), "ratio": 1.0}]
+    if name.startswith("human_"):
+        return [{"path": str(human_data(name, run, out)), "ratio": 1.0}]
     train_dir = run / "pipeline" / "train_data"
     if not (train_dir / "rows.parquet").is_file():
         raise SystemExit(f"{train_dir}/rows.parquet not found: run `embedforge pipeline --config configs/adapt.yaml` "

@@ -60,3 +60,17 @@ def test_human_pairs_reads_scifact_train_split_only(shared_data, tmp_path):
     train_texts, test_texts = ({queries[q].strip() for q in ids} for ids in (train_ids, test_ids))
     assert claims == train_texts
     assert claims & test_texts == train_texts & test_texts and len(train_texts & test_texts) == 2
+
+
+def test_best_document_ranks_takes_the_best_chunk_of_the_document():
+    """human_filtered ranks a claim's abstract where its best-matching chunk ranks among every chunk."""
+    import numpy as np
+
+    import adapt_ablations
+
+    chunks = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.6, 0.8]])  # chunks 2 and 3: one document
+    queries = np.array([[0.0, 1.0], [1.0, 0.0]])
+    ranks = adapt_ablations.best_document_ranks(queries, chunks, [[2, 3], [1]])
+    # query 0: chunk 1 (1.0) first, chunk 3 (0.8) second, chunk 2 (0.6) third -> the document ranks 2;
+    # query 1: chunk 0 (1.0), 2 (0.8), 3 (0.6), then chunk 1 (0.0) -> 4.
+    assert ranks.tolist() == [2, 4]
