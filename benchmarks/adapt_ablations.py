@@ -210,6 +210,10 @@ def human_filter_ranks(run: Path, rows: list[dict]):
         chunk_vecs = flt.chunk_vecs
     finally:
         flt.close()
+    missing = {doc_of_text[r["positive"]] for r in rows} - set(chunks_of)
+    if missing:
+        raise SystemExit(f"human_filtered: {len(missing)} of SciFact's judged train abstracts are not chunks of "
+                         f"{run}'s corpus (generate.corpus.path must be SciFact's corpus)")
     return best_document_ranks(np.asarray(query_vecs), chunk_vecs,
                                [chunks_of[doc_of_text[r["positive"]]] for r in rows])
 
@@ -230,7 +234,8 @@ def best_document_ranks(query_vecs, chunk_vecs, own_chunks: list[list[int]]):
 
 def variant_data(name: str, run: Path, out: Path) -> list[dict]:
     """train.data for a variant: the pipeline's training part (+ the rebuilt rejects for no_consistency,
-    those ranked in the top LOOSE_TOP_K for loose_filter; less the title-style rows for no_title)."""
+    those ranked in the top LOOSE_TOP_K for loose_filter; less the title-style rows for no_title), or the
+    human pairs of a human_* reference."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
