@@ -152,9 +152,6 @@ def rebuilt_consistency_rejects(run: Path, kept: list[dict], held_keys: set[str]
     return rows
 
 
-HUMAN_TASK = "Given a scientific claim, retrieve documents that support or refute the claim"
-
-
 def human_data(name: str, run: Path, out: Path) -> Path:
     """The folder of a human_* variant's rows (written once per --out): SciFact's train pairs, those the
     run's consistency filter keeps, or a random subset of the same size."""
@@ -164,6 +161,7 @@ def human_data(name: str, run: Path, out: Path) -> Path:
     import pyarrow.parquet as pq
 
     from embedforge.config.generate import LabeledDatasetConfig
+    from embedforge.evaluate.wrapper import task_instruction
     from embedforge.generate.labeled import write_labeled
     from embedforge.schema import arrow_schema
 
@@ -172,11 +170,12 @@ def human_data(name: str, run: Path, out: Path) -> Path:
         return folder
     if name == "human_pairs":
         write_labeled([LabeledDatasetConfig(kind="beir", name="scifact-train", path=str(SCIFACT), split="train",
-                                            task=HUMAN_TASK)], folder)
+                                            task=task_instruction("SciFact", "Retrieval", "query"))], folder)
         return folder
     rows = [r for f in sorted(human_data("human_pairs", run, out).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     if name == "human_filtered":
-        ranks, top_k = human_filter_ranks(run, rows), pipeline_cfg(run).generate.consistency.top_k
+        cfg = pipeline_cfg(run)
+        ranks, top_k = human_filter_ranks(cfg, run, rows), cfg.generate.consistency.top_k
         keep = [r for r, rank in zip(rows, ranks, strict=True) if rank <= top_k]
         (out / "data").mkdir(parents=True, exist_ok=True)
         (out / "data" / "human_filter_ranks.json").write_text(json.dumps([int(x) for x in ranks]))
@@ -187,7 +186,7 @@ def human_data(name: str, run: Path, out: Path) -> Path:
     return folder
 
 
-def human_filter_ranks(run: Path, rows: list[dict]):
+def human_filter_ranks(cfg, run: Path, rows: list[dict]):
     """For each human pair, the rank of its abstract's best chunk for its claim among every chunk of the
     corpus under the run's consistency filter (its model, its cached chunk vectors): the filter's own
     test, taken per document because a human claim was judged against a whole abstract."""
@@ -197,12 +196,15 @@ def human_filter_ranks(run: Path, rows: list[dict]):
     from embedforge.generate.consistency import ConsistencyFilter
     from embedforge.generate.corpus import load_chunks
 
-    cfg = pipeline_cfg(run)
     chunks = load_chunks(cfg)
     doc_of_text = {document_text(doc): doc_id for doc_id, doc in read_beir(SCIFACT, "train")["corpus"].items()}
     chunks_of: dict[str, list[int]] = {}
     for i, c in enumerate(chunks.chunks):
         chunks_of.setdefault(c.doc_id, []).append(i)
+    missing = {doc_of_text[r["positive"]] for r in rows} - set(chunks_of)
+    if missing:  # before any encoding
+        raise SystemExit(f"human_filtered: {len(missing)} of SciFact's judged train abstracts are not chunks of "
+                         f"{run}'s corpus (generate.corpus.path must be SciFact's corpus)")
     flt = ConsistencyFilter(cfg, chunks, run / "generate" / "corpus")
     try:
         flt.prepare()
@@ -210,10 +212,6 @@ def human_filter_ranks(run: Path, rows: list[dict]):
         chunk_vecs = flt.chunk_vecs
     finally:
         flt.close()
-    missing = {doc_of_text[r["positive"]] for r in rows} - set(chunks_of)
-    if missing:
-        raise SystemExit(f"human_filtered: {len(missing)} of SciFact's judged train abstracts are not chunks of "
-                         f"{run}'s corpus (generate.corpus.path must be SciFact's corpus)")
     return best_document_ranks(np.asarray(query_vecs), chunk_vecs,
                                [chunks_of[doc_of_text[r["positive"]]] for r in rows])
 

@@ -41,23 +41,19 @@ def test_every_adapt_ablation_variant_loads_on_adapt_yaml(repo_root):
 def test_human_pairs_reads_scifact_train_split_only(shared_data, tmp_path):
     """The human_pairs reference trains on SciFact's train claims only (two claim texts are in both of
     SciFact's splits under different ids: those are the only test texts it may hold)."""
-    import json
-
     import pyarrow.parquet as pq
 
     import adapt_ablations
+    from embedforge.formats import read_beir
 
     if adapt_ablations.SCIFACT != (shared_data / "scifact").resolve():
         pytest.skip("the script reads SciFact beside the repository, not at EMBEDFORGE_SHARED_DATA")
     (source,) = adapt_ablations.variant_data("human_pairs", tmp_path / "no-run", tmp_path / "out")
     rows = [r for f in Path(source["path"]).glob("*.parquet") for r in pq.read_table(f).to_pylist()]
-    queries = {json.loads(line)["_id"]: json.loads(line)["text"]
-               for line in (shared_data / "scifact" / "queries.jsonl").read_text().splitlines()}
-    test_ids = {line.split("\t")[0] for line in (shared_data / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]}
-    train_ids = {line.split("\t")[0] for line in (shared_data / "scifact" / "qrels" / "train.tsv").read_text().splitlines()[1:]}
     assert len(rows) == 919 and {r["group"] for r in rows} == {"retrieval"}
     claims = {r["query"] for r in rows}
-    train_texts, test_texts = ({queries[q].strip() for q in ids} for ids in (train_ids, test_ids))
+    train_texts, test_texts = ({q.strip() for q in read_beir(shared_data / "scifact", split)["queries"].values()}
+                               for split in ("train", "test"))
     assert claims == train_texts
     assert claims & test_texts == train_texts & test_texts and len(train_texts & test_texts) == 2
 
