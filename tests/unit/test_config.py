@@ -26,6 +26,50 @@ def test_every_shipped_config_loads_and_round_trips(path):
     assert again == cfg
 
 
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(file, config, overrides) of every ``embedforge <stage> --config X a.b=c ...`` line in the README's and
+    docs' shell blocks, continuation lines joined; a placeholder value (``<...>``) leaves its command out."""
+    import re
+    import shlex
+
+    found = []
+    for md in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        blocks, block, fence = [], None, None
+        for line in md.read_text().splitlines():
+            if block is None and line.lstrip().startswith("```"):
+                fence, block = line.lstrip()[3:].strip(), []
+            elif block is not None and line.strip() == "```":
+                if fence in ("", "bash", "sh", "console"):
+                    blocks.append("\n".join(block))
+                block = None
+            elif block is not None:
+                block.append(line)
+        for text in blocks:
+            for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+                m = re.search(r"embedforge (?:pipeline|generate|train|evaluate|serve) --config (\S+)(.*)",
+                              line.split("  #")[0])
+                if m and "<" not in m.group(2):
+                    overrides = [a for a in shlex.split(m.group(2)) if "=" in a and not a.startswith("-")]
+                    found.append((md.name, m.group(1), overrides))
+    return found
+
+
+def test_every_documented_config_command_loads(monkeypatch):
+    # The commands the docs tell users to run must still load: a renamed key or a changed setting fails
+    # here, naming the file and the command, instead of on a user's machine.
+    if not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip("needs ../shared/data (cpu-quality.yaml and adapt.yaml read the local data copies)")
+    monkeypatch.chdir(REPO)
+    commands = documented_commands()
+    assert len(commands) >= 20
+    assert any("generate.teachers=" in o for _, _, ov in commands for o in ov)  # the stronger-teacher recipe
+    for md, config, overrides in commands:
+        try:
+            load_config(config, overrides)
+        except ConfigError as exc:
+            pytest.fail(f"{md}: embedforge ... --config {config} {' '.join(overrides)}\n{exc}")
+
+
 def test_defaults_without_file():
     cfg = load_config()
     assert cfg.model.backbone == "smollm2-135m"
