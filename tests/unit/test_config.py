@@ -7,6 +7,9 @@ from embedforge.config.base import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# Where the shipped configs read the data copies: their literal ../shared/data from the repository root
+# (not the shared_data fixture's EMBEDFORGE_SHARED_DATA, which the configs do not follow).
+CONFIG_SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def test_there_are_shipped_configs():
@@ -17,7 +20,7 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_round_trips(path):
     # cpu-quality.yaml trains and evaluates on the local data copies; paths resolve from the repo root.
-    if "../shared/data" in path.read_text() and not (REPO.parent / "shared" / "data").is_dir():
+    if "../shared/data" in path.read_text() and not CONFIG_SHARED_DATA.is_dir():
         pytest.skip("needs ../shared/data (the local copies of the public data sets)")
     cfg = load_config(path)
     assert isinstance(cfg, EmbedforgeConfig)
@@ -57,7 +60,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 def test_every_documented_config_command_loads(monkeypatch):
     # The commands the docs tell users to run must still load: a renamed key or a changed setting fails
     # here, naming the file and the command, instead of on a user's machine.
-    if not (REPO.parent / "shared" / "data").is_dir():
+    if not CONFIG_SHARED_DATA.is_dir():
         pytest.skip("needs ../shared/data (cpu-quality.yaml and adapt.yaml read the local data copies)")
     monkeypatch.chdir(REPO)
     commands = documented_commands()
